@@ -1,0 +1,92 @@
+"""Dataset containers shared by every loader: in-memory tensor sets, lazy relabelled subsets, splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is missing (or partial) under the data root. The message says where to put it."""
+
+
+class TensorSet(Dataset):
+    """An in-memory split: ``x`` float32 N×C×H×W in [0, 1], ``y`` int64 N."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        if len(x) != len(y):
+            raise ValueError(f"images and labels differ in length: {len(x)} vs {len(y)}")
+        self.x = x
+        self.y = y.long()
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.x[i], int(self.y[i])
+
+    def __repr__(self) -> str:
+        return f"TensorSet(x={tuple(self.x.shape)}, y={tuple(self.y.shape)})"
+
+    def subset(self, index: torch.Tensor) -> "TensorSet":
+        """The images at ``index`` (a boolean mask or integer indices)."""
+        return TensorSet(self.x[index], self.y[index])
+
+
+class RelabelledSubset(Dataset):
+    """A lazy view of ``base`` holding the items at ``indices`` with labels mapped by ``label_map``."""
+
+    def __init__(self, base: Dataset, indices: list[int], label_map: dict[int, int]):
+        self.base, self.indices, self.label_map = base, list(indices), dict(label_map)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        x, y = self.base[self.indices[i]]
+        return x, self.label_map[int(y)]
+
+
+def as_tensors(data: Dataset, batch_size: int = 256, num_workers: int = 0,
+               desc: str = "loading") -> tuple[torch.Tensor, torch.Tensor]:
+    """Materialise a dataset (TensorSet or lazy Dataset) into ``(x, y)`` tensors."""
+    if isinstance(data, TensorSet):
+        return data.x, data.y
+    xs, ys = [], []
+    loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    for x, y in tqdm(loader, desc=desc, leave=False):
+        xs.append(x)
+        ys.append(torch.as_tensor(y))
+    if not xs:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return torch.cat(xs), torch.cat(ys).long()
+
+
+@dataclass
+class Splits:
+    """The splits an experiment needs.
+
+    ``train``/``test`` hold the seen classes (relabelled 0..C-1 for ``…woK`` names); ``ood``
+    holds the unseen class K's images (its train split, then its test split) with label -1,
+    or is ``None`` when no class is held out.
+    """
+
+    name: str
+    base: str
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    class_names: list[str]
+    held_out: int | None = None
+    held_out_name: str | None = None
+    ood: Dataset | None = None
+    image_shape: tuple[int, int, int] = field(default=(1, 28, 28))
+
+    def __repr__(self) -> str:
+        parts = [f"train={len(self.train)}", f"test={len(self.test)}"]
+        if self.ood is not None:
+            parts.append(f"ood={len(self.ood)} (class {self.held_out}: {self.held_out_name})")
+        return f"Splits({self.name!r}, {', '.join(parts)}, num_classes={self.num_classes})"

@@ -1,0 +1,176 @@
+"""Classification metrics: accuracy, confidence, calibration error, and batched prediction.
+
+The calibration error follows Burns & Steinhardt (after Hendrycks et al.): sort the examples by
+confidence, cut them into equal-mass bins of ``bin_size`` examples (the last bin takes the
+remainder), and take the root of the bin-size-weighted mean squared gap between each bin's mean
+confidence and its accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+__all__ = ["accuracy", "mean_confidence", "confidences", "rms_calibration_error",
+           "expected_calibration_error", "classification_metrics", "predict", "iter_image_batches"]
+
+
+def _as_numpy(a) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def _predictions(logits_or_pred) -> np.ndarray:
+    a = _as_numpy(logits_or_pred)
+    return a.argmax(axis=1) if a.ndim == 2 else a
+
+
+def _check_lengths(a: np.ndarray, labels: np.ndarray, what: str) -> None:
+    if len(a) != len(labels):
+        raise ValueError(f"{what} and labels differ in length: {len(a)} vs {len(labels)}")
+    if len(labels) == 0:
+        raise ValueError(f"{what} and labels are empty; pass at least one example")
+
+
+def accuracy(logits_or_pred, labels) -> float:
+    """Fraction of examples whose prediction (argmax of N×C logits, or N labels) equals ``labels``."""
+    pred, labels = _predictions(logits_or_pred), _as_numpy(labels)
+    _check_lengths(pred, labels, "predictions")
+    return float((pred == labels).mean())
+
+
+def confidences(logits) -> np.ndarray:
+    """Max-softmax confidence of each row of N×C ``logits`` (float64, computed stably)."""
+    logits = torch.as_tensor(_as_numpy(logits), dtype=torch.float64)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be N×C, got shape {tuple(logits.shape)}")
+    return torch.softmax(logits, dim=1).max(dim=1).values.numpy()
+
+
+def mean_confidence(logits) -> float:
+    """Mean max-softmax confidence over the rows of N×C ``logits``."""
+    conf = confidences(logits)
+    if len(conf) == 0:
+        raise ValueError("logits are empty; pass at least one example")
+    return float(conf.mean())
+
+
+def _conf_correct(logits, labels) -> tuple[np.ndarray, np.ndarray]:
+    conf, labels = confidences(logits), _as_numpy(labels)
+    _check_lengths(conf, labels, "logits")
+    correct = (_as_numpy(logits).argmax(axis=1) == labels).astype(np.float64)
+    return conf, correct
+
+
+def rms_calibration_error(logits, labels, bin_size: int = 100) -> float:
+    """RMS calibration error with equal-mass bins (Burns & Steinhardt's ``calib_err``, p = 2).
+
+    Examples are sorted by max-softmax confidence (stable sort) and cut into consecutive bins of
+    ``bin_size`` examples; the last bin takes the remainder (so it holds ``bin_size`` to
+    ``2·bin_size − 1`` examples; fewer than ``bin_size`` examples make one bin). The result is
+    ``sqrt(Σ_b |b|/N · (mean conf_b − acc_b)²)`` over *all* bins.
+    """
+    if int(bin_size) != bin_size or bin_size < 1:
+        raise ValueError(f"bin_size must be a positive integer, got {bin_size!r}")
+    conf, correct = _conf_correct(logits, labels)
+    order = np.argsort(conf, kind="stable")
+    conf, correct = conf[order], correct[order]
+    n = len(conf)
+    starts = list(range(0, max(n // bin_size, 1) * bin_size, bin_size))
+    ends = starts[1:] + [n]
+    total = 0.0
+    for s, e in zip(starts, ends):
+        gap = conf[s:e].mean() - correct[s:e].mean()
+        total += (e - s) / n * gap ** 2
+    return float(np.sqrt(total))
+
+
+def expected_calibration_error(logits, labels, n_bins: int = 15) -> float:
+    """ECE with ``n_bins`` equal-width confidence bins (lower edge exclusive, upper inclusive)."""
+    if int(n_bins) != n_bins or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    conf, correct = _conf_correct(logits, labels)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        in_bin = which == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(conf[in_bin].mean() - correct[in_bin].mean())
+    return float(ece)
+
+
+def classification_metrics(logits, labels, bin_size: int = 100, n_bins: int = 15) -> dict[str, float]:
+    """All four metrics at once: ``accuracy``, ``confidence``, ``rms_calibration``, ``ece``."""
+    return {"accuracy": accuracy(logits, labels), "confidence": mean_confidence(logits),
+            "rms_calibration": rms_calibration_error(logits, labels, bin_size),
+            "ece": expected_calibration_error(logits, labels, n_bins)}
+
+
+def _to_float_images(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype == torch.uint8:
+        return x.float().div_(255)
+    return x if x.dtype == torch.float32 else x.float()
+
+
+def iter_image_batches(data, batch_size: int = 512, device: torch.device | None = None,
+                       desc: str | None = None) -> Iterable[torch.Tensor]:
+    """Yield float32 image batches on ``device`` from a tensor (float in [0, 1] or uint8), a
+    Dataset (items ``(x, y)`` or ``x``) or a DataLoader (its own batching is kept)."""
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(data, torch.Tensor):
+        if data.ndim < 2:
+            raise ValueError(f"images must be N×C×H×W, got shape {tuple(data.shape)}")
+        starts = range(0, len(data), batch_size)
+        for s in tqdm(starts, desc=desc, leave=False, disable=desc is None):
+            yield _to_float_images(data[s:s + batch_size].to(device, non_blocking=True))
+        return
+    if isinstance(data, Dataset) and not isinstance(data, DataLoader):
+        x = getattr(data, "x", None)
+        if isinstance(x, torch.Tensor):  # TensorSet and alike: slice the tensor directly
+            yield from iter_image_batches(x, batch_size, device, desc)
+            return
+        data = DataLoader(data, batch_size=batch_size, shuffle=False)
+    if not isinstance(data, DataLoader):
+        raise TypeError("data must be an image tensor N×C×H×W, a torch Dataset or a DataLoader, "
+                        f"got {type(data).__name__}")
+    for batch in tqdm(data, desc=desc, leave=False, disable=desc is None):
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        yield _to_float_images(x.to(device, non_blocking=True))
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data, batch_size: int = 512, device: str | torch.device | None = None,
+            desc: str | None = "predict") -> torch.Tensor:
+    """Logits (float32, CPU, N×C) of ``model`` in eval mode on ``data`` (tensor, Dataset or DataLoader).
+
+    ``device`` defaults to where the model's parameters are; the model is moved there if needed.
+    The model's train/eval flags are restored afterwards.
+    """
+    device = _model_device(model) if device is None else torch.device(device)
+    model.to(device)
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        out = [model(x).float().cpu() for x in iter_image_batches(data, batch_size, device, desc)]
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+    if not out:
+        raise ValueError("data holds no images; pass at least one")
+    return torch.cat(out)

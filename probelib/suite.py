@@ -1,13 +1,39 @@
-"""The notebook suite: output helpers the notebooks call, the ordered notebook list, the runner."""
+"""The notebook suite: output helpers the notebooks call, the ordered notebook list, the runner.
+
+Notebooks live in ``notebooks/`` as ``NN_name.ipynb`` and run in the order of ``NN``.
+:func:`run_suite` (``python -m probelib run``) executes them with papermill in a kernel of the
+current interpreter, writes each executed notebook atomically to ``<out>/notebooks/``, stops at
+the first failing cell (keeping that notebook with its traceback), and writes ``<out>/index.md``
+and ``<out>/index.html``: every executed notebook, table, figure and verdict line, with the
+parameters and the probelib version used.
+"""
 
 from __future__ import annotations
 
+import argparse
+import datetime as _dt
+import html
+import json
 import os
+import platform
+import re
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from probelib.store import atomic_write
+from probelib._util import unknown_name
+from probelib.store import atomic_write, write_text_atomic
+
+__all__ = ["VERDICT_PREFIX", "save_table", "save_figure", "verdict",
+           "Notebook", "discover_notebooks", "select_notebooks", "notebook_parameters",
+           "parse_parameter_value", "load_parameter_file", "NotebookResult", "SuiteResult", "execute_notebook",
+           "run_suite", "collect_verdicts", "write_report", "kernel_manager_class", "add_cli",
+           "EXPLORER_MODELS", "explorer_config", "explore_setting", "plot_setting"]
 
 VERDICT_PREFIX = "VERDICT: "
 
@@ -40,3 +66,884 @@ def verdict(text: str) -> str:
     line = VERDICT_PREFIX + text
     print(line, flush=True)
     return line
+
+
+# --------------------------------------------------------------------------- the notebook list
+
+NOTEBOOK_FILE = re.compile(r"^(?P<number>\d+)_(?P<name>[A-Za-z0-9][\w-]*)\.ipynb$")
+DEFAULT_NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+DEFAULT_FAMILY = "mnist5k"
+_RESERVED = ("results_dir",)  # set by the runner itself (--out)
+
+
+@dataclass(frozen=True)
+class Notebook:
+    """One suite notebook ``NN_name.ipynb``: its number, short name and path."""
+
+    number: int
+    name: str  # "pixel_ncg"
+    path: Path
+
+    @property
+    def stem(self) -> str:
+        """The file name without ``.ipynb``, e.g. ``"01_pixel_ncg"``."""
+        return self.path.stem
+
+
+def discover_notebooks(folder: str | os.PathLike | None = None) -> list[Notebook]:
+    """The ``NN_name.ipynb`` notebooks in ``folder`` (default: the project's ``notebooks/``), in order."""
+    folder = Path(folder) if folder is not None else DEFAULT_NOTEBOOKS
+    if not folder.is_dir():
+        raise FileNotFoundError(f"notebook folder {str(folder)!r} does not exist; pass --notebooks DIR "
+                                "pointing at the folder that holds the NN_name.ipynb notebooks")
+    found = []
+    for path in folder.iterdir():
+        m = NOTEBOOK_FILE.match(path.name)
+        if m and path.is_file():
+            found.append(Notebook(int(m["number"]), m["name"], path.resolve()))
+    return sorted(found, key=lambda nb: (nb.number, nb.name))
+
+
+def _match(token: str, notebooks: Sequence[Notebook]) -> list[Notebook]:
+    token = token.strip()
+    if token.endswith(".ipynb"):
+        token = token[:-len(".ipynb")]
+    token = Path(token).name
+    span = re.fullmatch(r"(\d+)-(\d+)", token)
+    if span:
+        lo, hi = int(span[1]), int(span[2])
+        hits = [nb for nb in notebooks if lo <= nb.number <= hi]
+    elif token.isdigit():
+        hits = [nb for nb in notebooks if nb.number == int(token)]
+    else:
+        hits = [nb for nb in notebooks if token in (nb.stem, nb.name)]
+    if not hits:
+        valid = [nb.stem for nb in notebooks] + [nb.name for nb in notebooks]
+        raise unknown_name("notebook", token, valid)
+    return hits
+
+
+def _tokens(values: Iterable[str] | str | None) -> list[str]:
+    if values is None:
+        return []
+    if isinstance(values, (str, int)):
+        values = [values]
+    return [t for v in values for t in str(v).split(",") if t.strip()]
+
+
+def select_notebooks(notebooks: Sequence[Notebook], only: Iterable[str] | str | None = None,
+                     skip: Iterable[str] | str | None = None) -> list[Notebook]:
+    """The notebooks to run: ``only`` (if given) minus ``skip``, in suite order.
+
+    Each token is a number (``3`` or ``03``), a range (``30-33``), a file stem (``03_chi_square``)
+    or a short name (``chi_square``); comma-separated lists work too. An unknown token raises
+    a ValueError listing the valid names.
+    """
+    chosen = list(notebooks)
+    only_tokens, skip_tokens = _tokens(only), _tokens(skip)
+    if only_tokens:
+        wanted = {nb.path for t in only_tokens for nb in _match(t, notebooks)}
+        chosen = [nb for nb in chosen if nb.path in wanted]
+    dropped = {nb.path for t in skip_tokens for nb in _match(t, notebooks)}
+    return [nb for nb in chosen if nb.path not in dropped]
+
+
+# --------------------------------------------------------------------------- parameters
+
+def notebook_parameters(notebook: Notebook | str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The parameters ``notebook`` declares in its ``parameters`` cell (papermill's ``inspect_notebook``).
+
+    Maps each name to ``{"name", "inferred_type_name", "default", "help"}`` (``default`` is source text).
+    """
+    import papermill
+
+    path = notebook.path if isinstance(notebook, Notebook) else Path(notebook)
+    return papermill.inspect_notebook(str(path))
+
+
+def parse_parameter_value(value: str) -> Any:
+    """Convert a ``-p KEY VALUE`` string as papermill's command line does.
+
+    ``True``/``False``/``None`` become those values, integers and floats become numbers, anything
+    else stays a string (use ``-r`` for a raw string, or ``-f params.yaml`` for lists and dicts).
+    """
+    if value in ("True", "False", "None"):
+        return {"True": True, "False": False, "None": None}[value]
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def load_parameter_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a papermill-style YAML (or JSON) parameter file: a mapping of parameter name to value."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"parameter file {str(path)!r} does not exist; -f expects a YAML file "
+                                "such as 'epochs: 3' one parameter per line")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise ValueError(f"parameter file {str(path)!r} must hold a mapping of parameter names to values "
+                         f"(e.g. 'epochs: 3'), got {type(data).__name__}")
+    return data
+
+
+# --------------------------------------------------------------------------- the kernel
+
+def kernel_manager_class(env: Mapping[str, str] | None = None) -> type:
+    """A jupyter ``KernelManager`` class whose kernels run this very interpreter (``sys.executable``).
+
+    The kernelspec named in a notebook (``python3``) may resolve, through the user's Jupyter
+    paths, to another Python; this class ignores the kernelspec search and starts
+    ``sys.executable -m ipykernel_launcher``, with ``env`` added to the kernel's environment.
+    """
+    import zmq
+    from jupyter_client import AsyncKernelManager
+    from jupyter_client.kernelspec import KernelSpec
+
+    client_class = _polling_client_class()
+
+    spec = KernelSpec(
+        argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        display_name=f"Python {platform.python_version()} ({sys.executable})",
+        language="python", env=dict(env or {}),
+        metadata={"debugger": True, "supported_encryption": ["curve"]})  # as ipykernel's own spec
+
+    class ThisInterpreterKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: Any):
+            super().__init__(**kwargs)
+            self.client_factory = client_class
+            if zmq.has("curve"):  # encrypt kernel traffic where libzmq can (silences ipykernel's warning)
+                self.transport_encryption = "auto"
+
+        @property
+        def kernel_spec(self):  # noqa: D401 - jupyter_client API
+            return spec
+
+    return ThisInterpreterKernelManager
+
+
+def _polling_client_class() -> type:
+    """An async kernel client whose channels wait for messages in 0.5 s polls, never unbounded.
+
+    nbclient waits on the shell and IOPub sockets with ``timeout=None``; with ipywidgets
+    (comm traffic, Output widgets) that wait sometimes misses a message that has arrived and
+    hangs until some later traffic (jupyter/nbclient#312). Short polls re-check the socket.
+    """
+    from queue import Empty
+
+    from jupyter_client.asynchronous import AsyncKernelClient
+    from jupyter_client.channels import AsyncZMQSocketChannel
+    from traitlets import Type
+
+    class PollingChannel(AsyncZMQSocketChannel):
+        async def get_msg(self, timeout: float | None = None) -> dict[str, Any]:
+            if timeout is not None and timeout <= 0.5:
+                return await super().get_msg(timeout)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+                try:
+                    return await super().get_msg(wait)
+                except Empty:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise
+
+    class PollingKernelClient(AsyncKernelClient):
+        shell_channel_class = Type(PollingChannel)
+        iopub_channel_class = Type(PollingChannel)
+        stdin_channel_class = Type(PollingChannel)
+        control_channel_class = Type(PollingChannel)
+
+    return PollingKernelClient
+
+
+def _kernel_env(fresh_since: float | None) -> dict[str, str]:
+    """Extra environment for the kernels: this probelib first on the path; ``--fresh``'s cut-off."""
+    package_root = str(Path(__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH", "")
+    env = {"PYTHONPATH": package_root + (os.pathsep + path if path else "")}
+    if fresh_since is not None:
+        env["PROBELIB_FRESH_SINCE"] = repr(fresh_since)
+    return env
+
+
+# --------------------------------------------------------------------------- running
+
+@dataclass
+class NotebookResult:
+    """What running one notebook gave: its status, output notebook, time and outputs."""
+
+    notebook: Notebook
+    status: str  # "ok", "failed", "not run"
+    output: Path | None = None
+    elapsed_s: float | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    tables: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class SuiteResult:
+    """The outcome of :func:`run_suite`: per-notebook results and the report's paths."""
+
+    out: Path
+    results: list[NotebookResult]
+    index_md: Path
+    index_html: Path
+    elapsed_s: float
+
+    @property
+    def ok(self) -> bool:
+        """True when every selected notebook ran without error."""
+        return all(r.status == "ok" for r in self.results)
+
+    @property
+    def failed(self) -> NotebookResult | None:
+        """The notebook that failed, if any."""
+        return next((r for r in self.results if r.status == "failed"), None)
+
+
+def _snapshot(out: Path) -> dict[str, int]:
+    snap = {}
+    for sub in ("tables", "figures"):
+        folder = out / sub
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.is_file() and not p.name.startswith("."):
+                    snap[f"{sub}/{p.name}"] = p.stat().st_mtime_ns
+    return snap
+
+
+def _stems(paths: Iterable[str], sub: str) -> list[str]:
+    return sorted({Path(p).stem for p in paths if p.startswith(sub + "/")})
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60:d}:{seconds % 60:02d}"
+
+
+def _first_error(nb_path: Path) -> str | None:
+    import nbformat
+
+    try:
+        nb = nbformat.read(str(nb_path), as_version=4)
+    except Exception:  # pragma: no cover - an unreadable output is reported as such
+        return None
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                return f"{out.get('ename')}: {out.get('evalue')}"
+    return None
+
+
+def execute_notebook(notebook: Notebook, output: Path, parameters: Mapping[str, Any], *,
+                     cwd: Path, env: Mapping[str, str], progress_bar: bool = False,
+                     execution_timeout: float | None = None) -> None:
+    """Execute ``notebook`` with papermill into ``output``, atomically.
+
+    Papermill writes to a temporary file beside ``output``, which is renamed onto ``output`` when
+    the run ends, also when a cell fails (the notebook then holds the traceback and papermill's
+    ``PapermillExecutionError`` propagates). Any other interruption leaves ``output`` untouched.
+    """
+    import papermill
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.stem}.{os.getpid()}.partial.ipynb")
+    try:
+        papermill.execute_notebook(
+            str(notebook.path), str(partial), parameters=dict(parameters),
+            kernel_name="python3", language="python", cwd=str(cwd), progress_bar=progress_bar,
+            kernel_manager_class=kernel_manager_class(env), execution_timeout=execution_timeout)
+    except papermill.PapermillExecutionError:
+        os.replace(partial, output)
+        raise
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, output)
+
+
+def _default_out(dataset: str | None) -> Path:
+    family = DEFAULT_FAMILY
+    if dataset:
+        from probelib.data import parse_name
+
+        family = parse_name(dataset)[0]
+    return Path("results") / family
+
+
+def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | None = None,
+              only: Iterable[str] | str | None = None, skip: Iterable[str] | str | None = None,
+              parameters: Mapping[str, Any] | None = None, smoke: bool = False,
+              out: str | os.PathLike | None = None, fresh: bool = False,
+              cwd: str | os.PathLike | None = None, progress_bar: bool | None = None,
+              execution_timeout: float | None = None, env: Mapping[str, str] | None = None,
+              keep_going: bool = False, quiet: bool = False) -> SuiteResult:
+    """Run the ordered notebooks with papermill and write the results report.
+
+    ``dataset`` goes to notebooks that declare a ``dataset`` parameter (None keeps each
+    notebook's default); ``parameters`` (papermill overrides) go to every notebook declaring
+    them, and a name that no selected notebook declares raises ValueError before anything runs.
+    ``smoke`` passes ``smoke=True``; ``results_dir`` is always ``out`` (default
+    ``results/<dataset family>``). ``fresh`` makes the kernels' artifact store recompute what it
+    holds (``PROBELIB_FRESH_SINCE`` = the start time), once, without deleting anything.
+    The run stops at the first failing notebook; ``SuiteResult.failed`` names it and its
+    output notebook keeps the traceback. ``cwd`` (default: the notebook folder's parent) is
+    where the kernels run, so a relative ``precomputed/`` store lands in the project root.
+    ``env`` adds variables to the kernels' environment (e.g. ``PROBELIB_PRECOMPUTED``);
+    ``keep_going`` runs the remaining notebooks after a failure (the result still fails).
+    """
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    # ---- check everything before writing anything
+    all_notebooks = discover_notebooks(notebooks_dir)
+    if not all_notebooks:
+        raise FileNotFoundError(f"no NN_name.ipynb notebooks in {str(notebooks_dir or DEFAULT_NOTEBOOKS)!r}")
+    chosen = select_notebooks(all_notebooks, only=only, skip=skip)
+    if not chosen:
+        raise ValueError("--only/--skip left no notebook to run; valid notebooks: "
+                         + ", ".join(nb.stem for nb in all_notebooks))
+    overrides = dict(parameters or {})
+    for key in _RESERVED:
+        if key in overrides:
+            raise ValueError(f"parameter {key!r} is set by the runner; use --out DIR (out=...) instead")
+    declared = {nb.stem: notebook_parameters(nb) for nb in chosen}
+    known = set().union(*declared.values())
+    for key in overrides:
+        if key not in known:
+            raise unknown_name("parameter", key, known or ["(none declared)"])
+    if dataset is not None:
+        from probelib.data import parse_name
+
+        parse_name(dataset)  # an unknown dataset name fails here, before any notebook runs
+    out = (Path(out) if out is not None else _default_out(dataset)).resolve()
+    cwd = Path(cwd).resolve() if cwd is not None else chosen[0].path.parent.parent
+    if progress_bar is None:
+        progress_bar = sys.stderr.isatty() and not quiet
+
+    started = time.time()
+    env = {**_kernel_env(started if fresh else None), **dict(env or {})}
+    results: list[NotebookResult] = []
+    for nb in chosen:
+        params: dict[str, Any] = {"results_dir": str(out)}
+        if dataset is not None and "dataset" in declared[nb.stem]:
+            params["dataset"] = dataset
+        if smoke and "smoke" in declared[nb.stem]:
+            params["smoke"] = True
+        params.update({k: v for k, v in overrides.items() if k in declared[nb.stem]})
+        results.append(NotebookResult(nb, "not run", parameters=params))
+
+    say(f"probelib {_version()}: {len(chosen)} notebook(s) -> {out}"
+        + (" [smoke]" if smoke else "") + (" [fresh]" if fresh else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    n = len(results)
+    for i, res in enumerate(results, 1):
+        nb = res.notebook
+        say(f"[{i}/{n}] {nb.stem} ... (elapsed {_fmt_time(time.time() - started)})")
+        before = _snapshot(out)
+        t0 = time.time()
+        output = out / "notebooks" / nb.path.name
+        try:
+            execute_notebook(nb, output, res.parameters, cwd=cwd, env=env, progress_bar=progress_bar,
+                             execution_timeout=execution_timeout)
+            res.status = "ok"
+        except Exception as err:  # papermill's execution error, a dead kernel, a timeout
+            res.status = "failed"
+            res.error = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+        res.elapsed_s = time.time() - t0
+        res.output = output if output.exists() else None
+        after = _snapshot(out)
+        changed = [p for p, t in after.items() if before.get(p) != t]
+        res.tables, res.figures = _stems(changed, "tables"), _stems(changed, "figures")
+        if res.status == "failed":
+            if res.output is not None:
+                res.error = _first_error(res.output) or res.error
+            say(f"[{i}/{n}] {nb.stem} FAILED after {res.elapsed_s:.1f} s: {res.error}")
+            where = res.output if res.output is not None else "(no output notebook was written)"
+            say(f"  executed notebook with the traceback: {where}")
+            if not keep_going:
+                break
+            continue
+        say(f"[{i}/{n}] {nb.stem} ok in {res.elapsed_s:.1f} s")
+
+    elapsed = time.time() - started
+    run_info = {"started": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds"),
+                "elapsed_s": round(elapsed, 1), "dataset": dataset, "smoke": smoke, "fresh": fresh,
+                "overrides": overrides, "notebooks_dir": str(chosen[0].path.parent),
+                "command": " ".join(["python -m probelib run"] + sys.argv[2:]) if _from_cli() else None}
+    index_md, index_html = write_report(out, results, run_info)
+    failed = [r.notebook.stem for r in results if r.status == "failed"]
+    if not failed:
+        say(f"done: {n} notebook(s) in {_fmt_time(elapsed)}; report: {index_md}")
+    elif keep_going:
+        say(f"{len(failed)} notebook(s) failed ({', '.join(failed)}); report: {index_md}")
+    else:
+        say(f"stopped at {failed[0]}; report so far: {index_md}")
+    return SuiteResult(out, results, index_md, index_html, elapsed)
+
+
+def _from_cli() -> bool:
+    return len(sys.argv) > 1 and sys.argv[1] == "run"
+
+
+def _version() -> str:
+    from probelib import __version__
+
+    return __version__
+
+
+# --------------------------------------------------------------------------- the report
+
+def collect_verdicts(notebook_path: str | os.PathLike) -> list[str]:
+    """The verdict lines (``VERDICT: ...``, prefix removed) printed in an executed notebook's streams."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook_path), as_version=4)
+    lines = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                text = out.get("text", "")
+                text = "".join(text) if isinstance(text, list) else text
+                lines += [ln[len(VERDICT_PREFIX):].strip() for ln in text.splitlines()
+                          if ln.startswith(VERDICT_PREFIX)]
+    return lines
+
+
+_MANIFEST = "suite.json"
+
+
+def _load_manifest(out: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((out / _MANIFEST).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def write_report(out: str | os.PathLike, results: Sequence[NotebookResult],
+                 run_info: Mapping[str, Any]) -> tuple[Path, Path]:
+    """Write ``<out>/index.md`` and ``<out>/index.html`` (and the ``suite.json`` manifest they come from).
+
+    Notebooks executed by earlier runs into the same folder stay listed (marked with their run
+    time), so a partial re-run (``--only``) keeps a complete report.
+    """
+    out = Path(out)
+    manifest = _load_manifest(out)
+    entries: dict[str, dict[str, Any]] = manifest.get("notebooks", {})
+    for r in results:
+        if r.status == "not run":
+            continue
+        entries[r.notebook.stem] = {
+            "number": r.notebook.number, "status": r.status, "run": run_info["started"],
+            "elapsed_s": None if r.elapsed_s is None else round(r.elapsed_s, 1),
+            "output": None if r.output is None else r.output.relative_to(out).as_posix(),
+            "parameters": {k: v for k, v in r.parameters.items()},
+            "tables": r.tables, "figures": r.figures, "error": r.error}
+    # notebooks selected but not reached in this run
+    pending = [r.notebook.stem for r in results if r.status == "not run"]
+    manifest = {"probelib_version": _version(), "python": platform.python_version(),
+                "last_run": dict(run_info), "notebooks": dict(sorted(entries.items()))}
+    write_text_atomic(out / _MANIFEST, json.dumps(manifest, indent=1, default=str))
+
+    tables = _stems(_snapshot(out), "tables")
+    figures = _stems(_snapshot(out), "figures")
+    owner: dict[tuple[str, str], str] = {}
+    for stem, e in entries.items():
+        for t in e.get("tables", []):
+            owner[("tables", t)] = stem
+        for f in e.get("figures", []):
+            owner[("figures", f)] = stem
+    verdicts = {}
+    for stem, e in entries.items():
+        if e.get("output") and (out / e["output"]).exists():
+            try:
+                verdicts[stem] = collect_verdicts(out / e["output"])
+            except Exception:  # an unreadable notebook is listed without verdicts
+                verdicts[stem] = []
+
+    this_run = {r.notebook.stem for r in results if r.status != "not run"}
+    title = f"probelib results — {out.name}"
+    head = [f"probelib {_version()} · Python {platform.python_version()} · run started "
+            f"{run_info['started']} · {_fmt_time(run_info['elapsed_s'])} (m:ss)"]
+    if run_info.get("command"):
+        head.append(f"Command: `{run_info['command']}`")
+    params = {"dataset": run_info["dataset"] if run_info["dataset"] is not None else "(each notebook's default)",
+              "smoke": run_info["smoke"], "fresh": run_info["fresh"], "results_dir": str(out),
+              **{f"-p {k}": v for k, v in run_info["overrides"].items()}}
+    failed = [r.notebook.stem for r in results if r.status == "failed"]
+
+    # ---- markdown
+    md = [f"# {title}", "", *[h + "  " for h in head], ""]
+    for stem in failed:
+        e = entries[stem]
+        where = (f"its executed notebook keeps the traceback: [{e['output']}]({e['output']})" if e.get("output")
+                 else "no executed notebook was written")
+        md += [f"**FAILED: {stem}** — {_md_escape(e['error'])}; {where}", ""]
+    if pending:
+        md += ["Not run (after the failure): " + ", ".join(pending), ""]
+    md += ["## Parameters", "", "| parameter | value |", "|---|---|"]
+    md += [f"| {_md_escape(k)} | `{_md_escape(repr(v))}` |" for k, v in params.items()]
+    md += ["", "## Notebooks", "", "| notebook | status | time | run | parameters passed |", "|---|---|---|---|---|"]
+    for stem, e in entries.items():
+        link = f"[{stem}]({e['output']})" if e.get("output") else stem
+        when = "this run" if stem in this_run else e.get("run", "")
+        ptxt = ", ".join(f"{k}={v!r}" for k, v in e["parameters"].items() if k != "results_dir")
+        t = "" if e.get("elapsed_s") is None else f"{e['elapsed_s']:.1f} s"
+        md.append(f"| {link} | {e['status']} | {t} | {when} | {_md_escape(ptxt)} |")
+    md += ["", "## Verdicts", ""]
+    any_verdict = False
+    for stem, lines in verdicts.items():
+        if lines:
+            any_verdict = True
+            md += [f"**{stem}**", ""] + [f"- {_md_escape(v)}" for v in lines] + [""]
+    if not any_verdict:
+        md += ["(no verdict lines)", ""]
+    md += ["## Tables", "", "| table | notebook | files |", "|---|---|---|"]
+    for t in tables:
+        files = " · ".join(f"[{ext.upper().strip('.')}](tables/{t}{ext})" for ext in (".csv", ".tex")
+                           if (out / "tables" / f"{t}{ext}").exists())
+        md.append(f"| {t} | {owner.get(('tables', t), '(earlier run)')} | {files} |")
+    if not tables:
+        md.append("| (none) | | |")
+    md += ["", "## Figures", ""]
+    for f in figures:
+        files = " · ".join(f"[{ext.upper().strip('.')}](figures/{f}{ext})" for ext in (".png", ".pdf")
+                           if (out / "figures" / f"{f}{ext}").exists())
+        md += [f"### {f} ({owner.get(('figures', f), 'earlier run')})", ""]
+        if (out / "figures" / f"{f}.png").exists():
+            md += [f"![{f}](figures/{f}.png)", ""]
+        md += [files, ""]
+    if not figures:
+        md += ["(none)", ""]
+    index_md = write_text_atomic(out / "index.md", "\n".join(md) + "\n")
+
+    # ---- HTML
+    e_ = html.escape
+    h = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{e_(title)}</title>",
+         "<style>body{font-family:sans-serif;max-width:72em;margin:2em auto;padding:0 1em}"
+         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .5em;"
+         "text-align:left}img{max-width:100%}.failed{color:#b00;font-weight:bold}.ok{color:#070}"
+         "details{margin:.3em 0}</style></head><body>", f"<h1>{e_(title)}</h1>"]
+    h += [f"<p>{e_(x.replace('`', ''))}</p>" for x in head]
+    for stem in failed:
+        e0 = entries[stem]
+        h.append(f"<p class='failed'>FAILED: {e_(stem)} — {e_(str(e0['error']))}; its executed notebook "
+                 f"keeps the traceback: <a href='{e_(e0['output'] or '')}'>{e_(e0['output'] or '')}</a></p>")
+    if pending:
+        h.append(f"<p>Not run (after the failure): {e_(', '.join(pending))}</p>")
+    h += ["<h2>Parameters</h2><table><tr><th>parameter</th><th>value</th></tr>"]
+    h += [f"<tr><td>{e_(k)}</td><td><code>{e_(repr(v))}</code></td></tr>" for k, v in params.items()]
+    h += ["</table><h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>time</th>"
+          "<th>run</th><th>parameters passed</th></tr>"]
+    for stem, e in entries.items():
+        link = f"<a href='{e_(e['output'])}'>{e_(stem)}</a>" if e.get("output") else e_(stem)
+        when = "this run" if stem in this_run else e.get("run", "")
+        ptxt = ", ".join(f"{k}={v!r}" for k, v in e["parameters"].items() if k != "results_dir")
+        t = "" if e.get("elapsed_s") is None else f"{e['elapsed_s']:.1f} s"
+        h.append(f"<tr><td>{link}</td><td class='{e_(e['status'])}'>{e_(e['status'])}</td><td>{t}</td>"
+                 f"<td>{e_(str(when))}</td><td>{e_(ptxt)}</td></tr>")
+    h.append("</table><h2>Verdicts</h2>")
+    for stem, lines in verdicts.items():
+        if lines:
+            h.append(f"<h3>{e_(stem)}</h3><ul>" + "".join(f"<li>{e_(v)}</li>" for v in lines) + "</ul>")
+    if not any_verdict:
+        h.append("<p>(no verdict lines)</p>")
+    h.append("<h2>Tables</h2>")
+    for t in tables:
+        links = " · ".join(f"<a href='tables/{e_(t)}{ext}'>{ext.strip('.').upper()}</a>"
+                           for ext in (".csv", ".tex") if (out / "tables" / f"{t}{ext}").exists())
+        h.append(f"<details><summary><b>{e_(t)}</b> ({e_(owner.get(('tables', t), 'earlier run'))}) {links}"
+                 "</summary>")
+        try:
+            df = pd.read_csv(out / "tables" / f"{t}.csv", index_col=0)
+            h.append(df.head(60).to_html(float_format=lambda v: f"{v:.4g}", border=0))
+            if len(df) > 60:
+                h.append(f"<p>… {len(df) - 60} more rows in the CSV</p>")
+        except Exception:  # a table that pandas cannot read back is still linked
+            pass
+        h.append("</details>")
+    if not tables:
+        h.append("<p>(none)</p>")
+    h.append("<h2>Figures</h2>")
+    for f in figures:
+        links = " · ".join(f"<a href='figures/{e_(f)}{ext}'>{ext.strip('.').upper()}</a>"
+                           for ext in (".png", ".pdf") if (out / "figures" / f"{f}{ext}").exists())
+        h.append(f"<h3>{e_(f)} <small>({e_(owner.get(('figures', f), 'earlier run'))}) {links}</small></h3>")
+        if (out / "figures" / f"{f}.png").exists():
+            h.append(f"<img src='figures/{e_(f)}.png' alt='{e_(f)}'>")
+    if not figures:
+        h.append("<p>(none)</p>")
+    h.append("</body></html>")
+    index_html = write_text_atomic(out / "index.html", "\n".join(h) + "\n")
+    return index_md, index_html
+
+
+# --------------------------------------------------------------------------- severity explorer
+
+EXPLORER_MODELS = ("natural", "trades", "at", "bn_wrn")
+# Smoke-size training, the same change notebook 20_corrupted_ncg makes, so the models are shared.
+EXPLORER_SMOKE = {"epochs": 1, "max_train": 300, "max_test": 100}
+_EXPLORER_CACHE: dict[tuple, Any] = {}
+
+
+def explorer_config(dataset: str, model: str, eps: float = 2.0, smoke: bool = False):
+    """The :class:`~probelib.training.TrainConfig` behind an explorer model choice.
+
+    ``natural``/``trades``/``at``: the NCG paper's pixel-space settings for ``dataset`` (as notebook
+    20 trains them); ``bn_wrn``: Burns & Steinhardt's BN WideResNet for the dataset's family.
+    ``smoke`` shrinks training to :data:`EXPLORER_SMOKE`.
+    """
+    from probelib.data import parse_name
+    from probelib.training import default_config
+
+    if model not in EXPLORER_MODELS:
+        raise unknown_name("explorer model", model, EXPLORER_MODELS)
+    if model == "bn_wrn":
+        cfg = default_config(parse_name(dataset)[0], paper="adabn")
+    else:
+        cfg = default_config(dataset, method=model, eps=None if model == "natural" else eps)
+    return cfg.replace(**EXPLORER_SMOKE) if smoke else cfg
+
+
+def _cached(key: tuple, compute, keep: int = 8):
+    if key not in _EXPLORER_CACHE:
+        while len(_EXPLORER_CACHE) >= keep:
+            _EXPLORER_CACHE.pop(next(iter(_EXPLORER_CACHE)))
+        _EXPLORER_CACHE[key] = compute()
+    return _EXPLORER_CACHE[key]
+
+
+def _spread(total: int, n: int | None):
+    """Indices of ``n`` images spread evenly over ``total`` (test splits are often sorted by class)."""
+    import torch
+
+    if n is None or n >= total:
+        return torch.arange(total)
+    return torch.linspace(0, total - 1, n).round().long()
+
+
+def _corrupted_test(splits, corruption: str, severity: int, n_images: int | None, seed: int):
+    """Corrupted test images (``n_images`` spread evenly over the split) in the model's label space.
+
+    Embedded families are corrupted on the fly (:func:`probelib.corruptions.corrupt`, seeded by
+    the position in the subset); others read the published ``<family>-c`` set.
+    """
+    import torch
+
+    from probelib import corruptions as C
+    from probelib.data import as_tensors, held_out_label_map, parse_name
+
+    base, held_out = parse_name(splits.name) if getattr(splits, "name", None) else (None, None)
+    published = f"{base}-c" if base else None
+    if published in C.corrupted_sets() and published != "mnist5k-c":
+        x, y = as_tensors(C.load_corrupted(published, corruption, severity))
+        if held_out is not None:
+            mapping = held_out_label_map(base, splits.num_classes + 1, held_out)
+            keep = torch.tensor([int(v) in mapping for v in y.tolist()], dtype=torch.bool)
+            x, y = x[keep], torch.tensor([mapping[int(v)] for v in y[keep].tolist()], dtype=torch.long)
+        pick = _spread(len(y), n_images)
+        return x[pick], y[pick]
+    x, y = as_tensors(splits.test)
+    pick = _spread(len(y), n_images)
+    x, y = x[pick], y[pick]
+    u8 = C.to_uint8_images(x)
+    out = C.corrupt(u8, corruption, int(severity), seed).reshape(u8.shape)
+    return torch.from_numpy(out.copy()).permute(0, 3, 1, 2).float().div_(255), y
+
+
+def explore_setting(dataset: str = "mnist5k", model: str = "natural", corruption: str = "gaussian_noise",
+                    severity: int = 3, adabn: bool = False, *, eps: float = 2.0, n_images: int | None = 1000,
+                    n_show: int = 16, smoke: bool = False, device=None, seed: int = 0) -> dict[str, Any]:
+    """Everything the severity explorer shows for one setting, computed with probelib.
+
+    Trains (or loads from the store) the model :func:`explorer_config` names, corrupts
+    ``n_images`` test images (spread evenly over the split; None = all) with ``corruption`` at ``severity`` (1..5), and scores them with the
+    source model and, when the model has BatchNorm layers, with AdaBN (statistics re-estimated
+    on these corrupted images, exact population statistics). ``adabn`` picks which of the two the
+    displayed predictions, accuracy, confidences and NCG come from; ``adabn_gain`` is always
+    AdaBN accuracy − source accuracy (NaN for a model without BatchNorm). NCG = fraction of
+    images predicted as the label of their nearest clean training image (pixel L2; the reference
+    is the training split the model saw).
+
+    Returns a dict: ``summary`` (one-row DataFrame), the scalars ``accuracy``, ``confidence``,
+    ``ncg``, ``clean_accuracy``, ``accuracy_source``, ``accuracy_adabn``, ``adabn_gain``, ``n``;
+    arrays over all images ``confidences``, ``correct``, ``predictions``, ``labels``,
+    ``nn_labels``; ``images`` (``n_show`` corrupted images spread over the set, N×C×H×W) and
+    ``shown`` (their indices into the arrays); ``note``.
+    """
+    import numpy as np
+    import torch
+
+    from probelib import corruptions as C
+    from probelib._util import check_choice, default_device
+    from probelib.adabn import adapt_bn, bn_layers
+    from probelib.data import as_tensors, load_dataset
+    from probelib.metrics import accuracy, confidences, predict
+    from probelib.ncg import ncg
+    from probelib.neighbours import nearest_neighbours
+    from probelib.training import train_or_load
+
+    check_choice("corruption", corruption, C.corruption_names(extra=True))
+    if isinstance(severity, bool) or int(severity) != severity or not 1 <= int(severity) <= 5:
+        raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
+    if n_images is not None and (int(n_images) != n_images or n_images < 1):
+        raise ValueError(f"n_images must be a positive integer or None (all test images), got {n_images!r}")
+    if int(n_show) != n_show or n_show < 0:
+        raise ValueError(f"n_show must be an integer >= 0, got {n_show!r}")
+    severity = int(severity)
+    if smoke and n_images is not None:
+        n_images = min(int(n_images), 64)
+    cfg = explorer_config(dataset, model, eps, smoke)
+    dev = default_device(device)
+    net = _cached(("model", cfg.key, str(dev)), lambda: train_or_load(cfg, device=dev, progress=False)[0])
+    net.eval()
+    full = _cached(("dataset", cfg.dataset), lambda: load_dataset(cfg.dataset))
+    splits = _cached(("splits", cfg.key), lambda: cfg.prepare(full))
+    x, y = _cached(("corrupted", cfg.dataset, corruption, severity, n_images, seed),
+                   lambda: _corrupted_test(full, corruption, severity, n_images, seed))
+    clean_x, clean_y = as_tensors(full.test)
+    pick = _spread(len(clean_y), n_images)
+    clean_x, clean_y = clean_x[pick], clean_y[pick]
+
+    logits_source = predict(net, x, device=dev, desc=None)
+    acc_source = accuracy(logits_source, y)
+    has_bn = bool(bn_layers(net))
+    note = ""
+    if has_bn:
+        logits_adabn = predict(adapt_bn(net, x, device=dev), x, device=dev, desc=None)
+        acc_adabn = accuracy(logits_adabn, y)
+    else:
+        logits_adabn, acc_adabn = None, float("nan")
+        note = f"{cfg.arch} has no BatchNorm layers: AdaBN does not apply (showing the source model)"
+    logits = logits_adabn if (adabn and has_bn) else logits_source
+
+    train_x, train_y = as_tensors(splits.train)
+    nn_labels = nearest_neighbours(train_x, train_y, x, name=f"explorer-{cfg.dataset}-{corruption}{severity}",
+                                   progress=False).labels[:, 0]
+    pred = logits.argmax(dim=1).numpy()
+    conf = confidences(logits)
+    shown = _spread(len(y), n_show) if n_show else torch.zeros(0, dtype=torch.long)
+    labels = y.numpy()
+    result = {
+        "dataset": cfg.dataset, "model": model, "arch": cfg.arch, "corruption": corruption,
+        "severity": severity, "adabn": bool(adabn and has_bn), "n": len(labels),
+        "accuracy": accuracy(logits, y), "confidence": float(conf.mean()), "ncg": ncg(pred, nn_labels),
+        "clean_accuracy": accuracy(predict(net, clean_x, device=dev, desc=None), clean_y),
+        "accuracy_source": acc_source, "accuracy_adabn": acc_adabn, "adabn_gain": acc_adabn - acc_source,
+        "confidences": conf, "correct": pred == labels, "predictions": pred, "labels": labels,
+        "nn_labels": np.asarray(nn_labels), "shown": shown.numpy(), "images": x[shown], "class_names": list(full.class_names),
+        "note": note,
+    }
+    keys = ["dataset", "model", "corruption", "severity", "adabn", "n", "clean_accuracy", "accuracy",
+            "confidence", "ncg", "accuracy_source", "accuracy_adabn", "adabn_gain"]
+    result["summary"] = pd.DataFrame([{k: result[k] for k in keys}])
+    return result
+
+
+def plot_setting(result: Mapping[str, Any], n_cols: int = 8):
+    """Figure of one :func:`explore_setting` result: the sample grid (prediction, true label; green
+    when right) above the confidence histogram (right vs wrong) and the accuracy / NCG / AdaBN panel."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    images = result["images"]
+    n_show = len(images)
+    rows = max(1, -(-n_show // n_cols))
+    fig = plt.figure(figsize=(1.3 * n_cols, 1.45 * rows + 3.0))
+    grid = fig.add_gridspec(rows + 1, n_cols, height_ratios=[1.45] * rows + [3.0], hspace=0.5)
+    for i in range(n_show):
+        ax = fig.add_subplot(grid[i // n_cols, i % n_cols])
+        img = images[i].permute(1, 2, 0).numpy()
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+        j = int(result["shown"][i])
+        ok = bool(result["correct"][j])
+        ax.set_title(f"{result['predictions'][j]} ({result['labels'][j]})", fontsize=8,
+                     color="tab:green" if ok else "tab:red")
+        ax.axis("off")
+    half = max(1, n_cols // 2)
+    ax = fig.add_subplot(grid[rows, :max(1, half - 1)])
+    conf, correct = np.asarray(result["confidences"]), np.asarray(result["correct"], dtype=bool)
+    bins = np.linspace(0, 1, 21)
+    ax.hist([conf[correct], conf[~correct]], bins=bins, stacked=True, label=["right", "wrong"],
+            color=["tab:green", "tab:red"])
+    ax.set_xlabel("max-softmax confidence")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=8)
+    ax = fig.add_subplot(grid[rows, min(n_cols - 1, half + 1):])
+    names = ["clean acc", "accuracy", "NCG", "AdaBN gain"]
+    values = [result["clean_accuracy"], result["accuracy"], result["ncg"], result["adabn_gain"]]
+    shown = [0.0 if not np.isfinite(v) else v for v in values]
+    ax.barh(names, shown, color=["0.6", "tab:blue", "tab:orange", "tab:purple"])
+    for i, v in enumerate(values):
+        ax.text(max(shown[i], 0) + 0.01, i, "n/a" if not np.isfinite(v) else f"{v:+.3f}" if i == 3 else f"{v:.3f}",
+                va="center", fontsize=8)
+    ax.set_xlim(min(-0.1, min(shown) - 0.05), 1.15)
+    ax.axvline(0, color="k", lw=0.5)
+    arm = "AdaBN" if result["adabn"] else "source"
+    fig.suptitle(f"{result['dataset']} · {result['model']} ({arm}) · {result['corruption']} severity "
+                 f"{result['severity']} · n={result['n']}" + (f"\n{result['note']}" if result["note"] else ""),
+                 fontsize=9)
+    return fig
+
+
+# --------------------------------------------------------------------------- command line
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {}
+    for f in args.parameters_file or []:
+        overrides.update(load_parameter_file(f))
+    for key, value in args.parameters or []:
+        overrides[key] = parse_parameter_value(value)
+    for key, value in args.parameters_raw or []:
+        overrides[key] = value
+    if args.list:
+        for nb in select_notebooks(discover_notebooks(args.notebooks), args.only, args.skip):
+            names = ", ".join(notebook_parameters(nb))
+            print(f"{nb.stem:28s} {names}")
+        return 0
+    result = run_suite(notebooks_dir=args.notebooks, dataset=args.dataset, only=args.only,
+                       skip=args.skip, parameters=overrides, smoke=args.smoke, out=args.out,
+                       fresh=args.fresh, execution_timeout=args.timeout, keep_going=args.keep_going)
+    return 0 if result.ok else 1
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``run`` (the notebook suite) to ``python -m probelib``."""
+    p = subparsers.add_parser(
+        "run", help="run the notebook suite with papermill and write results/<name>/index.md",
+        description="Run the ordered notebooks (notebooks/NN_name.ipynb) with papermill, write the "
+                    "executed notebooks, tables and figures under --out, and an index.md/index.html "
+                    "report. Stops at the first failing notebook (exit status 1).")
+    p.add_argument("--dataset", help="dataset for notebooks declaring a 'dataset' parameter "
+                                     "(default: each notebook's own, the embedded mnist5k family)")
+    p.add_argument("--only", nargs="+", action="extend", metavar="NB",
+                   help="run only these notebooks: numbers (3, 03), ranges (30-33), or names "
+                        "(03_chi_square, chi_square); commas work too")
+    p.add_argument("--skip", nargs="+", action="extend", metavar="NB", help="skip these notebooks (as --only)")
+    p.add_argument("-p", "--parameters", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                   help="papermill parameter override (True/False/None/numbers converted)")
+    p.add_argument("-r", "--parameters-raw", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                   help="papermill parameter override kept as a string")
+    p.add_argument("-f", "--parameters-file", action="append", metavar="PARAMS.yaml",
+                   help="YAML file of parameter overrides")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes (smoke=True) for a quick check")
+    p.add_argument("--out", help="results folder (default results/<dataset family>, e.g. results/mnist5k)")
+    p.add_argument("--fresh", action="store_true",
+                   help="recompute every artifact once (ignores what precomputed/ holds; deletes nothing)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="after a failing notebook, run the rest anyway (the exit status still says it failed)")
+    p.add_argument("--notebooks", help="folder of NN_name.ipynb notebooks (default: the project's notebooks/)")
+    p.add_argument("--timeout", type=float, default=None, help="per-cell time limit in seconds (default: none)")
+    p.add_argument("--list", action="store_true", help="list the selected notebooks and their parameters, run nothing")
+    p.set_defaults(func=_cmd_run)

@@ -1,0 +1,154 @@
+"""Architectures of both papers behind one registry, plus checkpoints and feature extraction.
+
+``build_model(arch, num_classes, in_channels=None, image_size=None, **kwargs)`` builds:
+
+* ``CNN002`` — TRADES' small CNN (NCG, MNIST); ``dropout``. features: conv stack, 1024-d at 28 px.
+* ``WRN-<depth>-<widen>`` — WideResNet; ``norm``, ``groups``, ``dropout``. features: pooled, 64·widen-d.
+  Named: ``WRN-40-10`` (NCG's CIFAR net, dropout 0, 640-d), ``WRN-40-2`` (Burns' CIFAR net,
+  dropout 0.3, 128-d), ``WRN-16-2`` (the embedded mnist5k AdaBN default, 128-d).
+* ``ResNet50Norm01`` — NCG's ImageNet-100 ResNet-50 (112 px). features: 2048-d.
+* ``resnet50`` / ``wide_resnet50_2`` — torchvision's, ``weights`` = local file or weights name. 2048-d.
+* ``LargeMLP`` / ``LargeMLPv3`` / ``LargeMLPv4`` — d→w→w→w→C, w = 256 / 512 / 1024;
+  ``in_features``. features: last hidden layer, w-d.
+
+Every model takes images in [0, 1] (normalisation, where wanted, is inside the model), and
+has ``features(x) -> (N, D)`` (the representation NCG uses for feature-space neighbours)
+and ``classifier`` (the module that maps features to logits): ``model(x) ==
+model.classifier(model.features(x))``. ``model.arch_config`` holds the arguments that rebuild
+it, which checkpoints store.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from probelib._util import default_device, unknown_name
+from probelib.models.checkpoint import (CheckpointMismatchError, load_checkpoint, read_checkpoint,
+                                        save_checkpoint)
+from probelib.models.cnn import CNN002
+from probelib.models.mlp import MLP, MLP_WIDTHS
+from probelib.models.resnet import TORCHVISION_ARCHS, NormalizedResNet, build_resnet
+from probelib.models.wrn import NORMS, WideResNet
+
+__all__ = ["build_model", "model_names", "save_checkpoint", "load_checkpoint", "read_checkpoint",
+           "extract_features", "CheckpointMismatchError", "CNN002", "WideResNet", "NormalizedResNet",
+           "MLP", "NORMS"]
+
+_WRN = re.compile(r"^WRN-(\d+)-(\d+)$")
+# Named WideResNets and their default dropout (each paper's setting).
+_WRN_NAMED = {"WRN-40-10": 0.0, "WRN-40-2": 0.3, "WRN-16-2": 0.0}
+_DEFAULTS = {  # arch family -> (in_channels, image_size)
+    "CNN002": (1, 28), "WRN": (3, 32), "ResNet50Norm01": (3, 112), "resnet50": (3, 224),
+    "wide_resnet50_2": (3, 224),
+}
+
+
+def model_names() -> list[str]:
+    """The architecture names :func:`build_model` accepts (``WRN-<depth>-<widen>`` is a pattern)."""
+    return ["CNN002", *_WRN_NAMED, "WRN-<depth>-<widen>", "ResNet50Norm01", *TORCHVISION_ARCHS, *MLP_WIDTHS]
+
+
+def build_model(arch: str, num_classes: int, in_channels: int | None = None, image_size: int | None = None,
+                **kwargs: Any) -> nn.Module:
+    """Build architecture ``arch`` (see the module docstring) for ``num_classes`` classes.
+
+    ``in_channels``/``image_size`` default to the architecture's usual input (CNN002 1×28,
+    WRN 3×32, ResNet50Norm01 3×112). Extra keyword arguments: ``dropout`` (CNN002, WRN),
+    ``norm`` and ``groups`` (WRN: batch | group | instance | instance-affine | layer | none),
+    ``weights`` (resnet50, wide_resnet50_2: a local file or a torchvision weights name),
+    ``in_features`` (MLPs; else in_channels·image_size²).
+    """
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    config: dict[str, Any] = {"arch": arch, "num_classes": num_classes}
+
+    def take(allowed: dict[str, Any]) -> dict[str, Any]:
+        extra = set(kwargs) - set(allowed)
+        if extra:
+            raise TypeError(f"build_model({arch!r}) got unexpected keyword argument(s) {sorted(extra)}; "
+                            f"it accepts {sorted(allowed) or 'none besides in_channels/image_size'}")
+        return {k: kwargs.get(k, v) for k, v in allowed.items()}
+
+    m = _WRN.match(arch) if isinstance(arch, str) else None
+    if arch == "CNN002":
+        in_channels = in_channels or _DEFAULTS["CNN002"][0]
+        image_size = image_size or _DEFAULTS["CNN002"][1]
+        opts = take({"dropout": 0.5})
+        model = CNN002(num_classes, in_channels, image_size, **opts)
+    elif m:
+        in_channels = in_channels or _DEFAULTS["WRN"][0]
+        image_size = image_size or _DEFAULTS["WRN"][1]
+        opts = take({"dropout": _WRN_NAMED.get(arch, 0.0), "norm": "batch", "groups": 4})
+        model = WideResNet(int(m[1]), int(m[2]), num_classes, in_channels, **opts)
+    elif arch == "ResNet50Norm01" or arch in TORCHVISION_ARCHS:
+        in_channels = in_channels or 3
+        image_size = image_size or _DEFAULTS[arch][1]
+        if in_channels != 3:
+            raise ValueError(f"{arch} normalises with ImageNet's RGB mean/std and needs in_channels=3, "
+                             f"got {in_channels}")
+        opts = take({"weights": None} if arch in TORCHVISION_ARCHS else {})
+        model = build_resnet(arch, num_classes, opts.pop("weights", None))
+    elif arch in MLP_WIDTHS:
+        opts = take({"in_features": None})
+        d = opts["in_features"]
+        if d is None:
+            if not (in_channels and image_size):
+                raise ValueError(f"{arch} needs in_features=D (the input dimension), "
+                                 "or in_channels and image_size to flatten images")
+            d = in_channels * image_size * image_size
+        opts["in_features"] = int(d)
+        model = MLP(int(d), num_classes, width=MLP_WIDTHS[arch])
+    else:
+        raise unknown_name("architecture", arch, model_names())
+    if in_channels is not None:
+        config["in_channels"] = in_channels
+    if image_size is not None:
+        config["image_size"] = image_size
+    config.update({k: v for k, v in opts.items() if k != "weights"})
+    model.arch_config = config
+    return model
+
+
+def _batches(data: torch.Tensor | Dataset, batch_size: int):
+    if isinstance(data, torch.Tensor):
+        for i in range(0, len(data), batch_size):
+            yield data[i:i + batch_size]
+    elif hasattr(data, "x") and isinstance(getattr(data, "x"), torch.Tensor):  # TensorSet
+        yield from _batches(data.x, batch_size)
+    else:
+        for batch in DataLoader(data, batch_size=batch_size, shuffle=False):
+            yield batch[0] if isinstance(batch, (list, tuple)) else batch
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, data: torch.Tensor | Dataset, batch_size: int = 512,
+                     device: str | torch.device | None = None, desc: str = "features") -> torch.Tensor:
+    """``model.features`` of every item of ``data`` (a tensor, TensorSet or Dataset) in order.
+
+    Eval mode (the model's mode is restored afterwards), no gradients, batches of
+    ``batch_size``; returns float32 (N, D) on the CPU.
+    """
+    if not hasattr(model, "features"):
+        raise TypeError(f"{type(model).__name__} has no features(x) method; build it with build_model")
+    device = default_device(device)
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters(), None)
+    if param is not None and param.device != device:
+        model.to(device)
+    out = []
+    try:
+        total = (len(data) + batch_size - 1) // batch_size
+        for x in tqdm(_batches(data, batch_size), total=total, desc=desc, leave=False):
+            out.append(model.features(x.to(device, non_blocking=True)).float().cpu())
+    finally:
+        model.train(was_training)
+    if not out:
+        return torch.empty(0, 0)
+    return torch.cat(out)

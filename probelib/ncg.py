@@ -1,0 +1,484 @@
+"""Nearest category generalization (NCG; Yang et al., TMLR) and its statistics (spec §1.3, §2, §9).
+
+NCG = the fraction of out-of-distribution points x (all of them, no filtering) whose predicted
+label equals the label of x's nearest training neighbour. Around it: a bootstrap 95 % interval,
+the in-distribution NCG (seen-class test images), the χ² goodness-of-fit against the 1/C chance
+rate exactly as the paper computes it, McNemar's paired test robust vs natural on the same
+points, NCG in equal-count nearest-neighbour-distance bins with SEM, and the pipeline pieces the
+NCG notebooks call (cached predictions and neighbours, feature splits, the NCG table, figures).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from probelib.store import Store, default_store, fingerprint
+
+__all__ = ["agreement", "ncg", "bootstrap_ci", "chi_square_vs_chance", "mcnemar", "distance_bins",
+           "pearson", "ncg_report", "predict_labels", "feature_splits", "ncg_inputs", "ncg_table",
+           "robust_better_counts", "chi_square_table", "load_splits", "suite_inputs", "train_ncg_model",
+           "held_out_datasets", "method_label", "compare_verdict", "chance_verdict", "stack_tables", "plot_distance_bins", "plot_neighbour_pairs",
+           "plot_distance_vs_ncg"]
+
+
+# ----------------------------------------------------------------------------- core statistics
+def _labels(a, name: str) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    a = np.asarray(a)
+    if a.ndim == 2:  # logits N×C, or k-NN labels N×k (the first is the nearest)
+        raise ValueError(f"{name} must be a 1-D vector of labels, got shape {a.shape}; pass "
+                         "logits.argmax(1) for predictions or labels[:, 0] for the 1-NN labels")
+    return a.reshape(-1)
+
+
+def agreement(predictions, nn_labels) -> np.ndarray:
+    """Boolean vector: prediction == label of the nearest training neighbour, per point."""
+    p, l = _labels(predictions, "predictions"), _labels(nn_labels, "nn_labels")
+    if len(p) != len(l):
+        raise ValueError(f"predictions and nn_labels differ in length: {len(p)} vs {len(l)}")
+    if len(p) == 0:
+        raise ValueError("predictions and nn_labels are empty; NCG needs at least one point")
+    return p == l
+
+
+def ncg(predictions, nn_labels) -> float:
+    """NCG: fraction of points whose prediction equals their 1-NN training label (all points count)."""
+    return float(agreement(predictions, nn_labels).mean())
+
+
+def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (seeded).
+
+    For 0/1 values a resample's number of ones is Binomial(n, mean) exactly, so it is drawn as
+    such (same distribution as resampling indices, far cheaper); otherwise indices are resampled.
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(v) == 0:
+        raise ValueError("values are empty; a bootstrap interval needs at least one value")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {level!r}")
+    if int(n_boot) != n_boot or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    rng = np.random.default_rng(seed)
+    if np.isin(v, (0.0, 1.0)).all():
+        means = rng.binomial(len(v), v.mean(), size=int(n_boot)) / len(v)
+    else:
+        means = np.empty(int(n_boot))
+        for a in range(0, int(n_boot), 256):
+            idx = rng.integers(0, len(v), size=(min(256, int(n_boot) - a), len(v)))
+            means[a:a + len(idx)] = v[idx].mean(1)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def chi_square_vs_chance(match, num_classes: int) -> dict:
+    """χ² goodness-of-fit of [#disagree, #agree] against chance agreement 1/C (spec §1.3).
+
+    Exactly ``scipy.stats.chisquare(f_obs=np.bincount(match, minlength=2), f_exp=[N(C-1)/C, N/C])``
+    (1 degree of freedom).
+    """
+    m = np.asarray(match).astype(bool).reshape(-1)
+    if len(m) == 0:
+        raise ValueError("match is empty; the χ² test needs at least one point")
+    if int(num_classes) != num_classes or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2 (the seen classes C), got {num_classes!r}")
+    n, c = len(m), int(num_classes)
+    f_obs = np.bincount(m.astype(np.int64), minlength=2)
+    res = stats.chisquare(f_obs=f_obs, f_exp=[n * (c - 1) / c, n / c])
+    return {"chi2": float(res.statistic), "p": float(res.pvalue), "n": n, "agree": int(f_obs[1]),
+            "expected_agree": n / c, "ncg": float(f_obs[1] / n), "chance": 1 / c}
+
+
+def mcnemar(correct_a, correct_b, exact: bool | None = None) -> dict:
+    """McNemar's paired test of two 0/1 outcome vectors on the same points.
+
+    b = #(a right, b wrong), c = #(a wrong, b right). ``exact=None`` picks the exact binomial
+    test when b + c < 25 and the continuity-corrected χ² (1 d.f.) otherwise. Two-sided p.
+    """
+    a = np.asarray(correct_a).astype(bool).reshape(-1)
+    b_ = np.asarray(correct_b).astype(bool).reshape(-1)
+    if len(a) != len(b_):
+        raise ValueError(f"correct_a and correct_b must be paired (same points): lengths {len(a)} vs {len(b_)}")
+    b, c = int((a & ~b_).sum()), int((~a & b_).sum())
+    n = b + c
+    if exact is None:
+        exact = n < 25
+    if n == 0:
+        stat, p = 0.0, 1.0
+    elif exact:
+        stat, p = float(min(b, c)), float(stats.binomtest(b, n, 0.5).pvalue)
+    else:
+        stat = (abs(b - c) - 1) ** 2 / n
+        p = float(stats.chi2.sf(stat, 1))
+    return {"b": b, "c": c, "statistic": float(stat), "p": min(1.0, p),
+            "method": "exact binomial" if exact else "chi2 (continuity-corrected)"}
+
+
+def distance_bins(distances, match, n_bins: int = 5) -> pd.DataFrame:
+    """NCG in ``n_bins`` equal-count bins of the 1-NN distance (Fig. 5).
+
+    Points are sorted by distance (stable), split with ``np.array_split`` (sizes differ by at most
+    one); per bin: mean distance, NCG, ``scipy.stats.sem`` of the agreement indicator, n.
+    """
+    d = np.asarray(distances, dtype=np.float64).reshape(-1)
+    m = np.asarray(match).astype(np.float64).reshape(-1)
+    if len(d) != len(m):
+        raise ValueError(f"distances and match differ in length: {len(d)} vs {len(m)}")
+    if int(n_bins) != n_bins or not 1 <= n_bins <= len(d):
+        raise ValueError(f"n_bins must be an integer in 1..{len(d)} (the number of points), got {n_bins!r}")
+    order = np.argsort(d, kind="stable")
+    rows = []
+    for i, idx in enumerate(np.array_split(order, int(n_bins))):
+        rows.append({"bin": i, "mean_distance": float(d[idx].mean()), "min_distance": float(d[idx].min()),
+                     "max_distance": float(d[idx].max()), "ncg": float(m[idx].mean()),
+                     "sem": float(stats.sem(m[idx])) if len(idx) > 1 else float("nan"), "n": len(idx)})
+    return pd.DataFrame(rows)
+
+
+def pearson(x, y) -> dict:
+    """Pearson correlation ``scipy.stats.pearsonr(x, y)`` as {"r", "p", "n"} (NaN for fewer than 3 points)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) != len(y):
+        raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
+    if len(x) < 3:
+        return {"r": float("nan"), "p": float("nan"), "n": len(x)}
+    res = stats.pearsonr(x, y)
+    return {"r": float(res.statistic), "p": float(res.pvalue), "n": len(x)}
+
+
+def ncg_report(predictions, nn_labels, num_classes: int, *, test_predictions=None,
+               test_nn_labels=None, n_boot: int = 2000, seed: int = 0) -> dict:
+    """One table row: NCG with its bootstrap 95 % interval, the χ² test against 1/C, and (when the
+    test predictions and their 1-NN labels are given) the in-distribution NCG with its interval."""
+    match = agreement(predictions, nn_labels)
+    lo, hi = bootstrap_ci(match, n_boot=n_boot, seed=seed)
+    chi = chi_square_vs_chance(match, num_classes)
+    row = {"ncg": float(match.mean()), "ncg_lo": lo, "ncg_hi": hi, "n_ood": len(match),
+           "chance": chi["chance"], "chi2": chi["chi2"], "chi2_p": chi["p"]}
+    if test_predictions is not None and test_nn_labels is not None:
+        tm = agreement(test_predictions, test_nn_labels)
+        tlo, thi = bootstrap_ci(tm, n_boot=n_boot, seed=seed)
+        row.update(in_dist_ncg=float(tm.mean()), in_dist_ncg_lo=tlo, in_dist_ncg_hi=thi)
+    return row
+
+
+# ----------------------------------------------------------------------------- pipeline pieces
+def _store(store) -> Store | None:
+    if store is False:
+        return None
+    return default_store() if store is None or store is True else store
+
+
+def predict_labels(model: torch.nn.Module, x: torch.Tensor, *, store: Store | None | bool = None,
+                   name: str = "predictions", device=None, batch_size: int = 512) -> np.ndarray:
+    """Argmax predictions of ``model`` (eval mode) on ``x``, cached by (weights, inputs)."""
+    from probelib.metrics import predict
+
+    def compute():
+        return {"pred": predict(model, x, batch_size=batch_size, device=device, desc=None).argmax(1).numpy()}
+
+    st = _store(store)
+    if st is None:
+        return compute()["pred"]
+    key = fingerprint("predictions-v1", model, x)
+    return st.cached_arrays("predictions", name, key, compute)["pred"].astype(np.int64)
+
+
+def feature_splits(splits, backbone: torch.nn.Module, *, store: Store | None | bool = None,
+                   device=None, batch_size: int = 512):
+    """The same splits with images replaced by ``backbone.features`` (the frozen representation
+    of a naturally trained model, spec §1.3); cached in the store by (weights, images)."""
+    from probelib.data import Splits, TensorSet, as_tensors
+    from probelib.neighbours import features_of
+
+    parts = {"train": as_tensors(splits.train), "test": as_tensors(splits.test)}
+    if splits.ood is not None:
+        parts["ood"] = as_tensors(splits.ood)
+
+    def compute():
+        out = {}
+        for part, (x, y) in parts.items():
+            out[f"{part}_x"] = features_of(backbone, x, batch_size=batch_size, device=device, progress=False).numpy()
+            out[f"{part}_y"] = y.numpy()
+        return out
+
+    st = _store(store)
+    if st is None:
+        arrays = compute()
+    else:
+        key = fingerprint("features-v1", backbone, {p: xy[0] for p, xy in parts.items()})
+        arrays = st.cached_arrays("features", f"{splits.name}-{type(backbone).__name__}", key, compute)
+    sets = {p: TensorSet(torch.from_numpy(arrays[f"{p}_x"]), torch.from_numpy(arrays[f"{p}_y"]))
+            for p in parts}
+    return Splits(f"{splits.name}-features", splits.base, sets["train"], sets["test"], splits.num_classes,
+                  list(splits.class_names), held_out=splits.held_out, held_out_name=splits.held_out_name,
+                  ood=sets.get("ood"), image_shape=tuple(sets["train"].x.shape[1:]))
+
+
+def ncg_inputs(model: torch.nn.Module, splits, *, store: Store | None | bool = None, device=None,
+               normalise=None, name: str | None = None) -> dict[str, np.ndarray]:
+    """Everything NCG needs for one model on one dataset, computed once and cached in the store.
+
+    ``splits`` holds images (pixel-space NCG) or features from :func:`feature_splits`
+    (feature-space NCG with a second-stage MLP): the neighbours are taken in whatever
+    ``splits`` holds, against its training split (seen classes only, spec §1.2).
+
+    Returns arrays: ``train_pred, train_y, test_pred, test_y, ood_pred, ood_nn_label,
+    ood_nn_distance, ood_nn_index, test_nn_label, test_nn_distance`` and ``num_classes``.
+    """
+    from probelib.data import as_tensors
+    from probelib.neighbours import nearest_neighbours
+
+    if splits.ood is None:
+        raise ValueError(f"dataset {splits.name!r} has no held-out class; NCG needs a …wo<K> dataset "
+                         "such as 'mnist5kwo9'")
+    name = name or splits.name
+    (trx, try_), (tex, tey), (oox, _) = as_tensors(splits.train), as_tensors(splits.test), as_tensors(splits.ood)
+    ood_nn = nearest_neighbours(trx, try_, oox, normalise=normalise, store=store, name=f"{name}-ood", progress=False)
+    test_nn = nearest_neighbours(trx, try_, tex, normalise=normalise, store=store, name=f"{name}-test", progress=False)
+    pred = {part: predict_labels(model, x, store=store, name=f"{name}-{part}", device=device)
+            for part, x in (("train", trx), ("test", tex), ("ood", oox))}
+    return {"train_pred": pred["train"], "train_y": try_.numpy(), "test_pred": pred["test"],
+            "test_y": tey.numpy(), "ood_pred": pred["ood"], "ood_nn_label": ood_nn.label,
+            "ood_nn_distance": ood_nn.distance, "ood_nn_index": ood_nn.index,
+            "test_nn_label": test_nn.label, "test_nn_distance": test_nn.distance,
+            "num_classes": np.int64(splits.num_classes)}
+
+
+def ncg_table(inputs: Mapping[str, Mapping[str, np.ndarray]], natural: str = "natural",
+              n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """The NCG table (Tables 1–2) for models on one dataset: ``inputs`` maps a method name to
+    :func:`ncg_inputs`' arrays. Per method: train/test accuracy with 95 % intervals, NCG with its
+    interval, in-distribution NCG, χ² vs chance; for the others, whether NCG beats ``natural``'s
+    and McNemar's paired test against it on the same OOD points."""
+    if not inputs:
+        raise ValueError("inputs is empty; pass {method: ncg_inputs(...)} for at least one model")
+    rows = []
+    base = inputs.get(natural)
+    for method, a in inputs.items():
+        train_ok, test_ok = a["train_pred"] == a["train_y"], a["test_pred"] == a["test_y"]
+        row = {"method": method, "train_acc": float(train_ok.mean()), "test_acc": float(test_ok.mean())}
+        row["train_acc_lo"], row["train_acc_hi"] = bootstrap_ci(train_ok, n_boot=n_boot, seed=seed)
+        row["test_acc_lo"], row["test_acc_hi"] = bootstrap_ci(test_ok, n_boot=n_boot, seed=seed)
+        row.update(ncg_report(a["ood_pred"], a["ood_nn_label"], int(a["num_classes"]),
+                              test_predictions=a["test_pred"], test_nn_labels=a["test_nn_label"],
+                              n_boot=n_boot, seed=seed))
+        row["mean_nn_distance"] = float(np.mean(a["ood_nn_distance"]))
+        if base is not None and method != natural:
+            if len(base["ood_nn_label"]) != len(a["ood_nn_label"]) or \
+                    not np.array_equal(base["ood_nn_label"], a["ood_nn_label"]):
+                raise ValueError(f"{method!r} and {natural!r} were scored against different neighbours; "
+                                 "McNemar's test needs the same OOD points and 1-NN labels")
+            test = mcnemar(a["ood_pred"] == a["ood_nn_label"], base["ood_pred"] == base["ood_nn_label"])
+            row.update(gain_vs_natural=row["ncg"] - float(np.mean(base["ood_pred"] == base["ood_nn_label"])),
+                       robust_gt_natural=bool(row["ncg"] > np.mean(base["ood_pred"] == base["ood_nn_label"])),
+                       mcnemar_b=test["b"], mcnemar_c=test["c"], mcnemar_p=test["p"])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method")
+
+
+def robust_better_counts(tables: Mapping[str, pd.DataFrame], natural: str = "natural") -> pd.DataFrame:
+    """Over datasets (``{dataset: ncg_table}``), how many have each method's NCG above natural's
+    (spec §7D), and how many of those are significant by McNemar (p < 0.05)."""
+    counts: dict[str, dict] = {}
+    for table in tables.values():
+        for method, row in table.iterrows():
+            if method == natural or "robust_gt_natural" not in row or pd.isna(row["robust_gt_natural"]):
+                continue
+            c = counts.setdefault(method, {"better": 0, "better_significant": 0, "datasets": 0})
+            c["datasets"] += 1
+            c["better"] += int(bool(row["robust_gt_natural"]))
+            c["better_significant"] += int(bool(row["robust_gt_natural"]) and row["mcnemar_p"] < 0.05)
+    return pd.DataFrame.from_dict(counts, orient="index")
+
+
+def chi_square_table(inputs: Mapping[str, Mapping[str, np.ndarray]]) -> pd.DataFrame:
+    """Table 1's χ² test for several (dataset, model) entries: ``{label: ncg_inputs(...)}``."""
+    rows = []
+    for label, a in inputs.items():
+        res = chi_square_vs_chance(a["ood_pred"] == a["ood_nn_label"], int(a["num_classes"]))
+        rows.append({"setting": label, **res})
+    return pd.DataFrame(rows).set_index("setting")
+
+
+# ----------------------------------------------------------------------------- figures
+def plot_distance_bins(bins: Mapping[str, pd.DataFrame], ax=None, title: str = ""):
+    """Grouped bars of NCG per distance bin (one colour per method) with SEM error bars (Fig. 5)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5))
+    methods = list(bins)
+    width = 0.8 / max(1, len(methods))
+    first = bins[methods[0]]
+    x = np.arange(len(first))
+    for j, m in enumerate(methods):
+        b = bins[m]
+        ax.bar(x + (j - (len(methods) - 1) / 2) * width, b["ncg"], width, yerr=b["sem"], capsize=2, label=m)
+    ax.set_xticks(x, [f"{v:.2f}" for v in first["mean_distance"]])
+    ax.set_xlabel("mean 1-NN distance of the bin")
+    ax.set_ylabel("NCG")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return ax.figure
+
+
+def plot_neighbour_pairs(ood_x, train_x, nn_index, nn_label, pred, n: int = 8, class_names=None,
+                         distances=None):
+    """OOD images (top row) above their nearest training images (bottom row), titled with the
+    neighbour's label and the model's prediction."""
+    import matplotlib.pyplot as plt
+
+    n = min(n, len(ood_x))
+    fig, axes = plt.subplots(2, n, figsize=(1.4 * n, 3.2), squeeze=False)
+    name = (lambda c: class_names[int(c)]) if class_names else (lambda c: str(int(c)))
+    for j in range(n):
+        for row, img in ((0, ood_x[j]), (1, train_x[int(nn_index[j])])):
+            img = torch.as_tensor(img).float()
+            axes[row, j].imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[row, j].axis("off")
+        ok = "✓" if int(pred[j]) == int(nn_label[j]) else "✗"
+        axes[0, j].set_title(f"pred {name(pred[j])} {ok}", fontsize=8)
+        dist = f"\nd={distances[j]:.2f}" if distances is not None else ""
+        axes[1, j].set_title(f"NN {name(nn_label[j])}{dist}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_distance_vs_ncg(table: pd.DataFrame, x: str = "mean_nn_distance", y: str = "ncg",
+                         label: str = "held_out", ax=None, title: str = ""):
+    """Scatter of NCG against the mean 1-NN distance, one point per held-out class, with Pearson r."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 3.5))
+    ax.scatter(table[x], table[y])
+    for _, row in table.iterrows():
+        ax.annotate(str(row[label]), (row[x], row[y]), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    r = pearson(table[x], table[y])
+    ax.set_xlabel("mean 1-NN distance")
+    ax.set_ylabel("NCG")
+    ax.set_title(f"{title} r={r['r']:.3f} (p={r['p']:.3g})".strip())
+    return ax.figure
+
+
+# ----------------------------------------------------------------------------- notebook pipeline
+ROBUST_METHODS = ("trades", "at")
+IMAGENET_LIKE = ("imgnet100", "imagenet", "imagenet-v2", "stylized-imagenet", "tinyimagenet")
+#: Smoke-run training: one epoch on a stratified 128-point subsample (every other setting as the paper's).
+SMOKE_TRAINING = {"epochs": 1, "max_train": 128}
+
+
+@functools.lru_cache(maxsize=4)
+def load_splits(dataset: str):
+    """``load_dataset`` memoised within a process (notebooks ask for the same set many times)."""
+    from probelib.data import load_dataset
+
+    return load_dataset(dataset)
+
+
+def method_label(method: str, eps: float | None = None) -> str:
+    """Table label of a training method: ``natural``, ``TRADES(2)``, ``AT(2)``, ``mixup``."""
+    if method in ROBUST_METHODS:
+        return f"{method.upper() if method == 'at' else 'TRADES'}({eps:g})"
+    return method
+
+
+def held_out_datasets(dataset: str, held_out: Sequence[int] | int | None = None) -> list[str]:
+    """Dataset names for held-out classes ``held_out`` of ``dataset``'s base (``None``: ``[dataset]``).
+
+    ``held_out_datasets("mnist5kwo9", [0, 4])`` -> ``["mnist5kwo0", "mnist5kwo4"]``.
+    """
+    from probelib.data import parse_name
+
+    base, k = parse_name(dataset)
+    if held_out is None:
+        if k is None:
+            raise ValueError(f"dataset {dataset!r} holds no class out; NCG needs e.g. {base + 'wo9'!r} "
+                             "or held_out=[K, ...]")
+        return [dataset]
+    ks = [held_out] if isinstance(held_out, int) else list(held_out)
+    if not ks:
+        raise ValueError("held_out is empty; pass a list of held-out classes such as [9] or None")
+    names = [f"{base}wo{int(k)}" for k in ks]
+    for n in names:
+        parse_name(n)  # range check with a helpful message
+    return names
+
+
+def train_ncg_model(dataset: str, method: str, eps: float = 2.0, *, splits=None, space: str = "pixel",
+                    smoke: bool = False, device=None, store=None):
+    """Train (or load from the store) the NCG model for ``dataset``/``method``: CNN002 on the images
+    (``space="pixel"``), or a LargeMLP on ``splits`` = :func:`feature_splits` (``"feature"``), with
+    the paper's settings (``probelib.training.default_config``). ``smoke``: 1 epoch on 256 points."""
+    from probelib.training import default_config, train_or_load
+
+    kwargs: dict = {"method": method}
+    if method in ROBUST_METHODS:
+        kwargs["eps"] = float(eps)
+    if space == "feature":
+        if splits is None:
+            raise ValueError("space='feature' needs splits=feature_splits(images, natural_backbone)")
+        kwargs["space"] = "feature"
+    cfg = default_config(dataset, **kwargs)
+    if smoke:
+        cfg = cfg.replace(**SMOKE_TRAINING)
+    model, _history = train_or_load(cfg, splits=splits, device=device, store=store)
+    model.eval()
+    return model
+
+
+def suite_inputs(dataset: str, methods: Sequence[str], eps: float = 2.0, *, space: str = "pixel",
+                 smoke: bool = False, device=None, store=None) -> dict[str, dict[str, np.ndarray]]:
+    """``{method label: ncg_inputs(...)}`` for one dataset: trains or loads each model and
+    computes (or loads) its predictions and neighbours. Feature space: second-stage MLPs on the
+    frozen representation of the natural pixel model (spec §1.3)."""
+    from probelib._util import check_choice
+
+    check_choice("space", space, ("pixel", "feature"))
+    for m in methods:
+        check_choice("method", m, ("natural", "trades", "at", "mixup"))
+    st = _store(store)
+    splits = load_splits(dataset)
+    if space == "feature":
+        backbone = train_ncg_model(dataset, "natural", smoke=smoke, device=device, store=st)
+        splits = feature_splits(splits, backbone, store=st if st is not None else False, device=device)
+    # spec §1.2: ImageNet-like sets are searched after ImageNet mean/std normalisation
+    normalise = "imagenet" if space == "pixel" and splits.base in IMAGENET_LIKE else None
+    out = {}
+    for m in methods:
+        model = train_ncg_model(dataset, m, eps, splits=splits if space == "feature" else None, space=space,
+                                smoke=smoke, device=device, store=st)
+        out[method_label(m, eps)] = ncg_inputs(model, splits, store=st if st is not None else False,
+                                               device=device, normalise=normalise, name=f"{dataset}-{space}-{m}")
+    return out
+
+
+def compare_verdict(table: pd.DataFrame, method: str, space: str, dataset: str, natural: str = "natural") -> str:
+    """Verdict text: does ``method``'s NCG beat natural's (with McNemar's p on the same points)?"""
+    r, n = table.loc[method], table.loc[natural]
+    yes = "YES" if r["ncg"] > n["ncg"] else "NO"
+    robust = method.split("(")[0].lower() in ROBUST_METHODS
+    return (f"{'robust' if robust else method} > natural NCG ({space}, {method}, {dataset}): {yes} "
+            f"({r['ncg']:.3f} vs {n['ncg']:.3f}; McNemar p={r['mcnemar_p']:.3g})")
+
+
+def chance_verdict(ood_pred, nn_label, num_classes: int, what: str) -> str:
+    """Verdict text: is NCG above the 1/C chance rate (χ² goodness-of-fit, p < 0.05)?"""
+    res = chi_square_vs_chance(np.asarray(ood_pred) == np.asarray(nn_label), num_classes)
+    yes = "YES" if res["ncg"] > res["chance"] and res["p"] < 0.05 else "NO"
+    return (f"NCG above chance ({what}): {yes} ({res['ncg']:.3f} vs 1/{num_classes}={res['chance']:.3f}; "
+            f"χ²={res['chi2']:.1f}, p={res['p']:.3g})")
+
+
+def stack_tables(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate per-dataset tables into one with a (dataset, method) index."""
+    return pd.concat(tables, names=["dataset"])

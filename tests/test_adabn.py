@@ -1,0 +1,306 @@
+"""Tests for probelib.adabn: exact statistics, layer masks, the source model left alone."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from probelib.adabn import (adapt_bn, adapted, bn_layers, bn_statistics, bn_statistics_shift, exclude_first,
+                            exclude_last, resolve_layers, train_augmentation)
+
+
+def tiny_bn_cnn(seed=0, channels=1):
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(channels, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
+        nn.Conv2d(4, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+        nn.Flatten(), nn.Linear(3 * 8 * 8, 5), nn.BatchNorm1d(5))
+    # give the source statistics distinct values so "untouched" is checkable
+    with torch.no_grad():
+        for _, m in bn_layers(model):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    return model.eval()
+
+
+def data(n=37, seed=1, channels=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, channels, 8, 8, generator=g) ** 2
+
+
+def pop_stats(h):
+    h = h.detach().double().transpose(0, 1).reshape(h.shape[1], -1)
+    return h.mean(1), h.var(1, unbiased=True)
+
+
+def stats(model):
+    return [(m.running_mean.clone(), m.running_var.clone()) for _, m in bn_layers(model)]
+
+
+def test_exact_layerwise_statistics_equal_direct_computation():
+    model, x = tiny_bn_cnn(), data()
+    out = adapt_bn(model, x, momentum=None, batch_size=5)
+    (m1, v1), (m2, v2), (m3, v3) = stats(out)
+    # direct, layer by layer, in the adapted network
+    h = model[0](x)
+    dm, dv = pop_stats(h)
+    assert torch.allclose(m1.double(), dm, atol=1e-6) and torch.allclose(v1.double(), dv, rtol=1e-5)
+    h = F.batch_norm(h, dm.float(), dv.float(), model[1].weight, model[1].bias, False, 0.0, model[1].eps)
+    h = model[4](F.relu(h))
+    dm, dv = pop_stats(h)
+    assert torch.allclose(m2.double(), dm, atol=1e-6) and torch.allclose(v2.double(), dv, rtol=1e-5)
+    h = F.batch_norm(h, dm.float(), dv.float(), model[5].weight, model[5].bias, False, 0.0, model[5].eps)
+    h = model[8](F.relu(h).flatten(1))
+    dm, dv = pop_stats(h)
+    assert torch.allclose(m3.double(), dm, atol=1e-6) and torch.allclose(v3.double(), dv, rtol=1e-5)
+    # independent of the batch size
+    other = adapt_bn(model, x, momentum=None, batch_size=37)
+    for (a, b), (c, d) in zip(stats(out), stats(other)):
+        assert torch.allclose(a, c, atol=1e-6) and torch.allclose(b, d, rtol=1e-5)
+
+
+def test_single_pass_pools_all_values_not_per_batch_variances():
+    model, x = tiny_bn_cnn(), data()
+    out = adapt_bn(model, x, momentum=None, batch_size=5, layerwise=False)
+    # direct: the inputs each BN layer sees while earlier layers use batch statistics
+    inputs = {0: [], 1: []}
+    for s in range(0, len(x), 5):
+        h = model[0](x[s:s + 5])
+        inputs[0].append(h)
+        h = F.batch_norm(h, None, None, model[1].weight, model[1].bias, True, 0.0, model[1].eps)
+        inputs[1].append(model[4](F.relu(h)))
+    for i in (0, 1):
+        dm, dv = pop_stats(torch.cat(inputs[i]))
+        m, v = stats(out)[i]
+        assert torch.allclose(m.double(), dm, atol=1e-6) and torch.allclose(v.double(), dv, rtol=1e-5)
+    # PyTorch's momentum=None cumulative average (mean of per-batch variances) differs
+    torch_cma = copy.deepcopy(model)
+    for _, m in bn_layers(torch_cma):
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    with torch.no_grad():
+        for s in range(0, len(x), 5):
+            torch_cma(x[s:s + 5])
+    assert not torch.allclose(stats(torch_cma)[0][1], stats(out)[0][1], rtol=1e-3)
+
+
+def test_float_momentum_is_the_authors_exponential_average_from_source():
+    model, x = tiny_bn_cnn(), data()
+    out = adapt_bn(model, x, momentum=0.1, batch_size=8)
+    ref = copy.deepcopy(model)
+    for _, m in bn_layers(ref):
+        m.momentum = 0.1
+        m.train()
+    with torch.no_grad():
+        for s in range(0, len(x), 8):
+            ref(x[s:s + 8])
+    for (a, b), (c, d) in zip(stats(out), stats(ref)):
+        assert torch.equal(a, c) and torch.equal(b, d)
+    assert all(m.momentum == 0.1 for _, m in bn_layers(model))  # source momentum attribute kept
+
+
+@pytest.mark.parametrize("momentum", [None, 0.3])
+def test_layer_mask_leaves_masked_layers_untouched(momentum):
+    model, x = tiny_bn_cnn(), data()
+    src = stats(model)
+    for layers, kept in [(exclude_last(1), [2]), (exclude_first(2), [0, 1]), ([False, True, False], [0, 2]),
+                         (exclude_last(99), [0, 1, 2])]:
+        out = stats(adapt_bn(model, x, momentum=momentum, layers=layers))
+        for i in range(3):
+            same = torch.equal(out[i][0], src[i][0]) and torch.equal(out[i][1], src[i][1])
+            assert same == (i in kept), (layers, i)
+    assert resolve_layers(model, exclude_first(1)) == [False, True, True]
+    with pytest.raises(ValueError, match="3 BatchNorm layers"):
+        adapt_bn(model, x, layers=[True, False])
+    with pytest.raises(ValueError, match="m must be"):
+        exclude_last(-1)
+
+
+def test_source_model_never_modified_and_context_restores():
+    model, x = tiny_bn_cnn(), data()
+    model.train()
+    before = copy.deepcopy(model.state_dict())
+    flags = [m.training for m in model.modules()]
+    adapt_bn(model, x, momentum=None)
+    adapt_bn(model, x, momentum=0.1, augment="crop")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with adapted(model, x, momentum=None) as m:
+        assert m is model and not m.training
+        assert not torch.equal(m[1].running_mean, before["1.running_mean"])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert [m.training for m in model.modules()] == flags
+
+
+@pytest.mark.parametrize("kwargs", [dict(momentum=None), dict(momentum=None, layerwise=False),
+                                    dict(momentum=0.1)])
+def test_only_bn_in_train_mode_dropout_stays_off(kwargs):
+    model, x = tiny_bn_cnn(), data()
+    seen = []
+    model[3].register_forward_hook(lambda m, i, o: seen.append(("dropout", m.training)))
+    model[1].register_forward_hook(lambda m, i, o: seen.append(("bn", m.training)))
+    out = adapt_bn(model, x, batch_size=10, **kwargs)
+    assert seen and not any(t for kind, t in seen if kind == "dropout")
+    if kwargs.get("layerwise", True) is False or kwargs["momentum"] is not None:
+        assert all(t for kind, t in seen if kind == "bn")
+    assert not any(m.training for m in out.modules())
+
+
+def test_augmentation_only_in_statistics_pass_and_seeded():
+    x = data(n=16, channels=3)
+    a = train_augmentation(x, seed=0)
+    assert a.shape == x.shape and torch.equal(a, train_augmentation(x, seed=0))
+    assert not torch.equal(a, train_augmentation(x, seed=1))
+    # independent of batching: image i depends on (seed, global index) only
+    assert torch.equal(a, torch.cat([train_augmentation(x[:5], 0, 0), train_augmentation(x[5:], 0, 5)]))
+    assert torch.equal(train_augmentation(x, pad=0, flip=False), x)
+    flipped = train_augmentation(x[:1].expand(64, -1, -1, -1), pad=0)
+    assert any(torch.equal(f, x[0].flip(-1)) for f in flipped) and any(torch.equal(f, x[0]) for f in flipped)
+    # crop only: each output is a shifted copy of the zero-padded input
+    crop = train_augmentation(x, seed=3, pad=2, flip=False)
+    padded = F.pad(x, (2, 2, 2, 2))
+    for i in range(len(x)):
+        assert any(torch.equal(crop[i], padded[i, :, r:r + 8, c:c + 8]) for r in range(5) for c in range(5))
+    model = tiny_bn_cnn(channels=3)
+    plain = stats(adapt_bn(model, x, momentum=None))
+    aug1 = stats(adapt_bn(model, x, momentum=None, augment="crop+flip", seed=5))
+    aug2 = stats(adapt_bn(model, x, momentum=None, augment="crop+flip", seed=5, batch_size=3))
+    assert not torch.allclose(plain[0][1], aug1[0][1])
+    assert all(torch.allclose(p[1], q[1], rtol=1e-5) for p, q in zip(aug1, aug2))
+    with pytest.raises(ValueError, match="augment"):
+        adapt_bn(model, x, augment="rotate")
+
+
+def test_inputs_uint8_dataset_loader_and_readout():
+    from torch.utils.data import DataLoader, TensorDataset
+    model, x = tiny_bn_cnn(), data()
+    x = (x * 255).round() / 255
+    u8 = (x * 255).round().to(torch.uint8)
+    ref = stats(adapt_bn(model, x, momentum=None, batch_size=10))
+    ds = TensorDataset(x, torch.zeros(len(x), dtype=torch.long))
+    for d in (u8, ds, DataLoader(ds, batch_size=10)):
+        got = stats(adapt_bn(model, d, momentum=None, batch_size=10))
+        assert all(torch.allclose(a[1], b[1], rtol=1e-5) for a, b in zip(ref, got))
+    table = bn_statistics(model)
+    assert list(table["channels"]) == [4, 3, 5]
+    assert len(bn_statistics(model, per_channel=True)) == 12
+    shift = bn_statistics_shift(model, adapt_bn(model, x))
+    assert (shift["mean_shift"] > 0).all()
+    with pytest.raises(ValueError, match="momentum"):
+        adapt_bn(model, x, momentum=1.5)
+
+
+# ----------------------------------------------------------------------------- studies
+from probelib.adabn import (adabn_gains, add_border, black_border_study, border_verdicts,  # noqa: E402
+                            bn_statistics_comparison, grid_verdicts, label_shift, label_shift_verdicts,
+                            corrupt_on_the_fly, ncg_under_adabn, shift_grid)
+from probelib.metrics import classification_metrics, predict  # noqa: E402
+
+
+def synthetic_corrupted(x, y):
+    def load(corruption, severity):
+        g = torch.Generator().manual_seed(severity)
+        if corruption == "gaussian_noise":
+            xc = x + 0.1 * severity * torch.randn(x.shape, generator=g)
+        else:  # "box_blur"
+            xc = F.avg_pool2d(x, 3, 1, 1) * (1 - 0.1 * severity)
+        return xc.clamp(0, 1), y
+    return load
+
+
+def test_shift_grid_matches_direct_adaptation_and_keeps_source():
+    model, x = tiny_bn_cnn(), data(n=40)
+    y = torch.arange(40) % 5
+    before = copy.deepcopy(model.state_dict())
+    load = synthetic_corrupted(x, y)
+    grid = shift_grid(model, load, ["gaussian_noise", "box_blur"], [1, 3], clean=(x, y), momentum=None,
+                      batch_size=16, device="cpu")
+    assert len(grid) == 5 * 3 and set(grid["arm"]) == {"source", "adabn", "adabn+aug"}
+    assert (grid["momentum"] == "None (exact average)").all()
+    xc, yc = load("box_blur", 3)
+    row = grid[(grid.corruption == "box_blur") & (grid.severity == 3)].set_index("arm")
+    direct_src = classification_metrics(predict(model, xc, desc=None), yc)
+    direct_ada = classification_metrics(predict(adapt_bn(model, xc, momentum=None), xc, desc=None), yc)
+    direct_aug = classification_metrics(predict(adapt_bn(model, xc, augment="crop"), xc, desc=None), yc)
+    for key in direct_src:
+        assert row.loc["source", key] == pytest.approx(direct_src[key], abs=1e-6)
+        assert row.loc["adabn", key] == pytest.approx(direct_ada[key], abs=1e-6)
+        assert row.loc["adabn+aug", key] == pytest.approx(direct_aug[key], abs=1e-6)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    gains = adabn_gains(grid[grid.corruption != "clean"])
+    assert list(gains.index) == ["box_blur", "gaussian_noise"]
+    lines = grid_verdicts(grid)
+    assert any("noise" in s for s in lines) and any("hurts" in s for s in lines)
+    with pytest.raises(ValueError, match="arm"):
+        shift_grid(model, load, ["box_blur"], [1], arms=["sauce"])
+    with pytest.raises(ValueError, match="severities"):
+        shift_grid(model, load, ["box_blur"], [7])
+
+
+def test_label_shift_caps_m_and_rejects_empty_class_subset():
+    model, x = tiny_bn_cnn(), data(n=40)
+    y = torch.arange(40) % 5
+    table = label_shift(model, x, y, ks=(1, 3, 5), ms=(0, 1, 4, 16), exclude=("last", "first"), device="cpu")
+    assert sorted(table["m"].unique()) == [0, 1, 3]          # 3 BN layers: 4 and 16 capped to 3
+    assert len(table) == 2 * 3 * 3
+    r = table[(table.exclude == "last") & (table.m == 0) & (table.k == 3)].iloc[0]
+    keep = y < 3
+    direct = predict(adapt_bn(model, x[keep], augment="auto"), x[keep], desc=None).argmax(1)
+    assert r["accuracy"] == pytest.approx((direct == y[keep]).float().mean().item())
+    full = table[(table.m == 3)]                               # nothing adapted: no change
+    assert (full["gain"].abs() < 1e-12).all()
+    assert len(label_shift_verdicts(table)) == 2
+    with pytest.raises(ValueError, match="leaves no images"):
+        label_shift(model, x, y + 2, ks=(1, 2))
+
+
+def test_borders_and_study():
+    x = torch.rand(3, 1, 8, 8)
+    b = add_border(x)
+    assert torch.equal(b[..., 2:6, 2:6], x[..., 2:6, 2:6])
+    mask = torch.ones(8, 8, dtype=torch.bool)
+    mask[2:6, 2:6] = False
+    assert (b[..., mask] == 0).all() and (add_border(x, 1.0)[..., mask] == 1).all()
+    model, x = tiny_bn_cnn(), data(n=30)
+    y = torch.arange(30) % 5
+    table = black_border_study(model, x, y, device="cpu")
+    assert len(table) == 9 and set(table["border"]) == {"none", "black", "white"}
+    assert len(border_verdicts(table)) == 2
+    comp = bn_statistics_comparison(model, add_border(x), device="cpu")
+    assert len(comp) == 3 and (comp["mean_shift"] > 0).all()
+
+
+def test_ncg_under_adabn_against_direct_computation():
+    from probelib.neighbours import knn
+    model, x = tiny_bn_cnn(), data(n=30)
+    y = torch.arange(30) % 5
+    train_x, train_y = data(n=50, seed=7), torch.arange(50) % 5
+    load = synthetic_corrupted(x, y)
+    table = ncg_under_adabn(model, train_x, train_y, load, ["gaussian_noise"], [2], device="cpu")
+    xc, _ = load("gaussian_noise", 2)
+    _, idx = knn(train_x, xc, k=1, progress=False)
+    nn_lab = train_y.numpy()[idx[:, 0]]
+    src = predict(model, xc, desc=None).argmax(1).numpy()
+    ada = predict(adapt_bn(model, xc), xc, desc=None).argmax(1).numpy()
+    r = table.iloc[0]
+    assert r["ncg_source"] == pytest.approx((src == nn_lab).mean())
+    assert r["ncg_adapted"] == pytest.approx((ada == nn_lab).mean())
+    assert 0 <= r["p_value"] <= 1 and r["n"] == 30
+
+
+def test_corrupt_on_the_fly_matches_corruptions_module():
+    from probelib.corruptions import corrupt
+    x = data(n=6, channels=1)
+    x = (x * 255).round() / 255
+    y = torch.arange(6)
+    load = corrupt_on_the_fly(x, y, seed=0)
+    xc, yc = load("gaussian_noise", 3)
+    u8 = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    direct = torch.from_numpy(corrupt(u8, "gaussian_noise", 3, 0).reshape(u8.shape)).permute(0, 3, 1, 2)
+    assert torch.equal((xc * 255).round().to(torch.uint8), direct) and torch.equal(yc, y)
+    assert xc.shape == x.shape and xc.dtype == torch.float32

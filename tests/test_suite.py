@@ -1,0 +1,220 @@
+"""The suite runner (probelib.suite) on tiny notebooks written into a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from probelib.__main__ import main
+from probelib.suite import (VERDICT_PREFIX, collect_verdicts, discover_notebooks, load_parameter_file,
+                            parse_parameter_value, run_suite, select_notebooks)
+
+GOOD = '''\
+import os, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+from probelib.suite import save_table, save_figure, verdict
+print("EXECUTABLE", sys.executable)
+print("FRESH", os.environ.get("PROBELIB_FRESH_SINCE"))
+save_table(pd.DataFrame({"alpha": [alpha], "dataset": [dataset]}), "tab_good", results_dir)
+fig, ax = plt.subplots(figsize=(2, 2)); ax.plot([0, alpha])
+save_figure(fig, "fig_good", results_dir)
+verdict(f"alpha is {alpha} on {dataset}: YES")
+'''
+
+
+def _write(folder: Path, name: str, body: str, params: str) -> Path:
+    nb = new_notebook(cells=[new_markdown_cell(f"# {name}"),
+                             new_code_cell(params, metadata={"tags": ["parameters"]}),
+                             new_code_cell(body)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = folder / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def suite_dir(tmp_path) -> Path:
+    """01_good (tables, figure, verdict), 02_bad (raises), 03_after (plain; declares no dataset)."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    _write(folder, "01_good", GOOD,
+           'dataset = "mnist5kwo9"\nsmoke = False\nresults_dir = "results/x"\nalpha = 1\n')
+    _write(folder, "02_bad", "raise RuntimeError('deliberate failure in 02_bad')",
+           'smoke = False\nresults_dir = "results/x"\n')
+    _write(folder, "03_after", "print('after ran', smoke)",
+           'smoke = False\nresults_dir = "results/x"\nbeta = 0.5\n')
+    (folder / "notes.ipynb").write_text("{}")  # not NN_name: ignored
+    return folder
+
+
+def _executed(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(str(path), as_version=4)
+
+
+def test_discover_and_select(suite_dir):
+    nbs = discover_notebooks(suite_dir)
+    assert [nb.stem for nb in nbs] == ["01_good", "02_bad", "03_after"]
+    stems = lambda sel: [nb.stem for nb in sel]  # noqa: E731
+    assert stems(select_notebooks(nbs, only=["1", "03"])) == ["01_good", "03_after"]
+    assert stems(select_notebooks(nbs, only="bad,01_good.ipynb")) == ["01_good", "02_bad"]
+    assert stems(select_notebooks(nbs, only="2-3")) == ["02_bad", "03_after"]
+    assert stems(select_notebooks(nbs, skip=["bad"])) == ["01_good", "03_after"]
+    assert stems(select_notebooks(nbs, only="1-3", skip="3")) == ["01_good", "02_bad"]
+    with pytest.raises(ValueError, match=r"unknown notebook 'goood'.*'good'.*01_good"):
+        select_notebooks(nbs, only="goood")
+    with pytest.raises(ValueError, match="unknown notebook '7'"):
+        select_notebooks(nbs, skip="7")
+
+
+def test_parameter_values_follow_papermill(tmp_path):
+    assert [parse_parameter_value(v) for v in ("True", "False", "None", "3", "-2.5", "1e-3", "abc")] \
+        == [True, False, None, 3, -2.5, 1e-3, "abc"]
+    f = tmp_path / "p.yaml"
+    f.write_text("alpha: 4\nnames: [a, b]\n")
+    assert load_parameter_file(f) == {"alpha": 4, "names": ["a", "b"]}
+    f.write_text("- just\n- a list\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_parameter_file(f)
+
+
+def test_unknown_names_fail_before_anything_runs(suite_dir, tmp_path, capsys):
+    out = tmp_path / "res"
+    rc = main(["run", "--notebooks", str(suite_dir), "--out", str(out), "--only", "goood"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown notebook 'goood'" in err and "01_good" in err and "03_after" in err
+    rc = main(["run", "--notebooks", str(suite_dir), "--out", str(out), "-p", "alpah", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown parameter 'alpah'" in err and "alpha" in err
+    params = tmp_path / "p.yaml"
+    params.write_text("gamma: 1\n")
+    rc = main(["run", "--notebooks", str(suite_dir), "--out", str(out), "-f", str(params)])
+    assert rc == 2 and "unknown parameter 'gamma'" in capsys.readouterr().err
+    # beta is declared only by 03_after: not known when 03 is skipped
+    rc = main(["run", "--notebooks", str(suite_dir), "--out", str(out), "--skip", "3", "-p", "beta", "1"])
+    assert rc == 2 and "unknown parameter 'beta'" in capsys.readouterr().err
+    rc = main(["run", "--notebooks", str(suite_dir), "--out", str(out), "--dataset", "mnistfive"])
+    assert rc == 2 and "unknown dataset 'mnistfive'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_run_selected_notebooks_writes_report(suite_dir, tmp_path, monkeypatch, capsys):
+    # A decoy 'python3' kernelspec that cannot start: the runner must use this interpreter anyway.
+    decoy = tmp_path / "jupyter" / "kernels" / "python3"
+    decoy.mkdir(parents=True)
+    (decoy / "kernel.json").write_text(json.dumps(
+        {"argv": [str(tmp_path / "no-such-python"), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+         "display_name": "decoy", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    out = tmp_path / "res"
+    result = run_suite(notebooks_dir=suite_dir, only=["1", "after"], parameters={"alpha": 3},
+                       dataset="mnist5kwo9", smoke=True, out=out, fresh=True)
+    printed = capsys.readouterr().out
+    assert result.ok, [r.error for r in result.results]
+    assert "[1/2] 01_good" in printed and "[2/2] 03_after" in printed
+    assert sorted(p.name for p in (out / "notebooks").iterdir()) == ["01_good.ipynb", "03_after.ipynb"]
+
+    good = _executed(out / "notebooks" / "01_good.ipynb")
+    injected = good.metadata["papermill"]["parameters"]
+    assert injected == {"results_dir": str(out.resolve()), "dataset": "mnist5kwo9", "smoke": True, "alpha": 3}
+    text = "".join(o.get("text", "") for c in good.cells for o in c.get("outputs", []))
+    assert f"EXECUTABLE {sys.executable}" in text
+    assert "FRESH None" not in text and "FRESH " in text  # --fresh reached the kernel
+    # 03 declares neither dataset nor alpha: it gets neither
+    assert _executed(out / "notebooks" / "03_after.ipynb").metadata["papermill"]["parameters"] == \
+        {"results_dir": str(out.resolve()), "smoke": True}
+    assert collect_verdicts(out / "notebooks" / "01_good.ipynb") == ["alpha is 3 on mnist5kwo9: YES"]
+
+    for f in ("tables/tab_good.csv", "tables/tab_good.tex", "figures/fig_good.png", "figures/fig_good.pdf"):
+        assert (out / f).is_file(), f
+    md = (out / "index.md").read_text()
+    for needle in ("notebooks/01_good.ipynb", "notebooks/03_after.ipynb", "tables/tab_good.csv",
+                   "tables/tab_good.tex", "figures/fig_good.png", "figures/fig_good.pdf",
+                   "alpha is 3 on mnist5kwo9: YES", "-p alpha", "mnist5kwo9", "probelib 0.", "| ok |"):
+        assert needle in md, needle
+    html = (out / "index.html").read_text()
+    assert "tables/tab_good.tex" in html and "fig_good.pdf" in html and "alpha is 3 on mnist5kwo9: YES" in html
+    assert not [p for p in out.rglob("*") if "partial" in p.name or p.name.endswith(".tmp")]
+
+
+def test_failing_notebook_stops_run_and_is_kept(suite_dir, tmp_path, capsys):
+    out = tmp_path / "res"
+    rc = main(["run", "--notebooks", str(suite_dir), "--out", str(out), "--skip", "good"])
+    printed = capsys.readouterr().out
+    assert rc == 1
+    failed = out / "notebooks" / "02_bad.ipynb"
+    assert f"executed notebook with the traceback: {failed.resolve()}" in printed
+    errors = [o for c in _executed(failed).cells for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert errors and errors[0]["ename"] == "RuntimeError" and errors[0]["traceback"]
+    assert not (out / "notebooks" / "03_after.ipynb").exists()  # stopped: 03 never ran
+    md = (out / "index.md").read_text()
+    assert "FAILED: 02_bad" in md and "deliberate failure in 02_bad" in md and "03_after" in md
+    assert "[02_bad](notebooks/02_bad.ipynb) | failed" in md
+
+    # --keep-going runs 03 after the failure but still exits non-zero
+    rc = main(["run", "--notebooks", str(suite_dir), "--out", str(out), "--skip", "1", "--keep-going"])
+    capsys.readouterr()
+    assert rc == 1 and (out / "notebooks" / "03_after.ipynb").is_file()
+
+
+def test_verdict_prefix_is_what_collect_reads(tmp_path):
+    nb = new_notebook(cells=[new_code_cell("", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text=f"noise\n{VERDICT_PREFIX}A: YES\n"),
+        nbformat.v4.new_output("stream", name="stdout", text=[f"{VERDICT_PREFIX}B: NO\n"])])])
+    nbformat.write(nb, tmp_path / "x.ipynb")
+    assert collect_verdicts(tmp_path / "x.ipynb") == ["A: YES", "B: NO"]
+
+
+# ----------------------------------------------------------------------------- severity explorer
+
+def test_explore_setting_bn_model_adabn_arms():
+    import numpy as np
+
+    from probelib.data import as_tensors, load_dataset
+    from probelib.neighbours import brute_force_knn
+    from probelib.suite import explore_setting, explorer_config, plot_setting
+
+    source = explore_setting("mnist5k", "bn_wrn", "gaussian_noise", 5, adabn=False, smoke=True, n_show=8)
+    adapted = explore_setting("mnist5k", "bn_wrn", "gaussian_noise", 5, adabn=True, smoke=True, n_show=8)
+    assert source["n"] == 64 and len(source["confidences"]) == 64 and tuple(source["images"].shape) == (8, 1, 28, 28)
+    assert source["accuracy"] == source["accuracy_source"] == float(np.mean(source["correct"]))
+    assert adapted["adabn"] and adapted["accuracy"] == adapted["accuracy_adabn"] == float(np.mean(adapted["correct"]))
+    assert source["adabn_gain"] == adapted["adabn_gain"] == adapted["accuracy_adabn"] - adapted["accuracy_source"]
+    # the first call also adapted a copy: the cached source model must be untouched
+    assert adapted["accuracy_source"] == source["accuracy_source"]
+    assert 0 <= source["confidence"] <= 1 and np.all((source["confidences"] > 0) & (source["confidences"] <= 1))
+    # NCG against an independent float64 brute-force 1-NN over the training split the model saw
+    from probelib.suite import _corrupted_test  # the same corrupted images
+
+    cfg = explorer_config("mnist5k", "bn_wrn", smoke=True)
+    mnist5k = load_dataset(cfg.dataset)
+    train_x, train_y = as_tensors(cfg.prepare(mnist5k).train)
+    x, y = _corrupted_test(mnist5k, "gaussian_noise", 5, 64, 0)
+    _, idx = brute_force_knn(train_x, x, k=1)
+    nn_labels = train_y.numpy()[idx[:, 0]]
+    assert np.array_equal(y.numpy(), source["labels"])
+    assert adapted["ncg"] == float(np.mean(adapted["predictions"] == nn_labels))
+    assert len(plot_setting(adapted, n_cols=4).axes) == 8 + 2
+
+
+def test_explore_setting_without_batch_norm_and_bad_choices():
+    import math
+
+    from probelib.suite import explore_setting
+
+    r = explore_setting("mnist5k", "natural", "contrast", 2, adabn=True, smoke=True, n_show=4)
+    assert not r["adabn"] and math.isnan(r["adabn_gain"]) and "no BatchNorm" in r["note"]
+    assert list(r["summary"].columns)[:4] == ["dataset", "model", "corruption", "severity"]
+    with pytest.raises(ValueError, match="unknown explorer model 'trade'.*'trades'"):
+        explore_setting(model="trade", smoke=True)
+    with pytest.raises(ValueError, match="unknown corruption"):
+        explore_setting(corruption="gausian_noise", smoke=True)
+    with pytest.raises(ValueError, match="severity must be an integer in 1..5"):
+        explore_setting(severity=6, smoke=True)

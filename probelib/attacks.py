@@ -91,6 +91,25 @@ def _check_batch(x: torch.Tensor, y: torch.Tensor, full: bool = True) -> None:
     _check_labels(x, y)
 
 
+def input_bounds(x: torch.Tensor, bounds: tuple[float, float] | None | str = "auto"
+                 ) -> tuple[float, float]:
+    """The (low, high) box of ``x`` for ``clamp``: ``"auto"`` = [0, 1] for N×C×H×W images and
+    unbounded (−inf, inf) for N×D feature vectors; ``None`` = unbounded; or an explicit pair."""
+    if not isinstance(x, torch.Tensor) or x.ndim < 2:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a batch tensor (N×C×H×W images or N×D features), got {shape}")
+    if isinstance(bounds, str):
+        if bounds != "auto":
+            raise ValueError(f"bounds must be 'auto', None or a (low, high) pair, got {bounds!r}")
+        return (0.0, 1.0) if x.ndim == 4 else (-math.inf, math.inf)
+    if bounds is None:
+        return -math.inf, math.inf
+    lo, hi = (float(b) for b in bounds)
+    if not lo < hi:
+        raise ValueError(f"bounds must be (low, high) with low < high, got {bounds!r}")
+    return lo, hi
+
+
 def _check_count(name: str, value: int, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -103,13 +122,17 @@ def _check_count(name: str, value: int, minimum: int = 1) -> int:
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "l2",
         steps: int = 10, step_size: float | None = None, random_start: bool = True,
-        restarts: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+        restarts: int = 1, generator: torch.Generator | None = None,
+        bounds: tuple[float, float] | None | str = "auto") -> torch.Tensor:
     """Projected gradient descent maximising cross-entropy at label ``y`` (NCG spec §5).
 
     L2: uniform(−eps, eps) start rescaled into the ball, steps along the L2-normalised gradient;
-    Linf: sign steps. Every iterate is projected onto the eps-ball and clipped to [0, 1].
+    Linf: sign steps. Every iterate is projected onto the eps-ball and clipped to ``bounds``.
     ``step_size`` defaults to 2·eps/steps. With ``restarts`` > 1 each sample keeps the restart
-    of highest loss (so restarts never lower the loss). Returns the adversarial images (detached).
+    of highest loss (so restarts never lower the loss). Returns the adversarial inputs (detached).
+
+    ``bounds``: the input box; ``"auto"`` = [0, 1] for images (N×C×H×W) and no box for
+    feature vectors (N×D, the feature-space classifiers; the NCG code's (−1e10, 1e10)).
     """
     check_choice("norm", norm, NORMS)
     check_positive("eps", eps, "use the perturbation budget, e.g. eps=2.0 for L2 on MNIST")
@@ -117,7 +140,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: st
     _check_count("restarts", restarts)
     if step_size is not None:
         check_positive("step_size", step_size, "or leave step_size=None for 2·eps/steps")
-    _check_batch(x, y, full=False)
+    lo, hi = input_bounds(x, bounds)
+    _check_labels(x, y)
     step_size = 2 * eps / steps if step_size is None else step_size
     x = x.detach()
     with eval_mode(model), torch.enable_grad():
@@ -129,7 +153,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: st
                 delta = project((2 * u - 1) * eps, eps, norm)
             else:
                 delta = torch.zeros_like(x)
-            x_adv = (x + delta).clamp(0, 1)
+            x_adv = (x + delta).clamp(lo, hi)
             for _ in range(steps):
                 x_adv.requires_grad_(True)
                 loss = F.cross_entropy(model(x_adv), y, reduction="sum")
@@ -138,8 +162,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: st
                     step = grad / (_per_sample_norm(grad) + 1e-12)
                 else:
                     step = grad.sign()
-                x_adv = (x_adv.detach() + step_size * step).clamp(0, 1)
-                x_adv = (x + project(x_adv - x, eps, norm)).clamp(0, 1)
+                x_adv = (x_adv.detach() + step_size * step).clamp(lo, hi)
+                x_adv = (x + project(x_adv - x, eps, norm)).clamp(lo, hi)
             with torch.no_grad():
                 loss = F.cross_entropy(model(x_adv), y, reduction="none")
                 better = loss > best_loss

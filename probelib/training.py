@@ -6,12 +6,13 @@ Losses (NCG spec §4; each is a public function you can call on one batch):
 * ``trades`` (β = 6 by default): the inner maximisation runs **in eval mode** from
   δ₀ = 0.001·N(0, 1): 10 steps of δ ← δ + (2·eps/10)·g/‖g‖₂ where g = ∇_δ Σ KL(p(x) ‖ p(x+δ)) with
   the clean softmax detached (a sample whose gradient is exactly 0 steps along N(0, 1) instead,
-  as TRADES' code does), then x+δ is clipped to [0, 1] and δ rescaled into the eps-ball.
+  as TRADES' code does), then x+δ is clipped to [0, 1] (images; feature vectors are not
+  boxed) and δ rescaled into the eps-ball.
   The outer loss, **in train mode**, is CE(f(x), y) + β·Σ_c KL(p_clean ‖ p_adv), summed over
   classes, averaged over the batch, with the clean softmax **not** detached (original TRADES);
   one clean forward serves both terms.
 * ``at``: CE on 10-step L2 PGD examples only (``probelib.attacks.pgd``: eval mode, random
-  start, step 2·eps/10, clip to [0, 1]), loss in train mode.
+  start, step 2·eps/10, clip to [0, 1] for images), loss in train mode.
 * ``mixup`` (α = 1): one λ ~ Beta(α, α) per batch; the first half of the batch is mixed with
   the second (an odd last sample is dropped); KL(batchmean) against the mixed one-hot targets.
 
@@ -30,6 +31,7 @@ import argparse
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,10 +46,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from probelib._util import check_choice, check_positive, default_device, seed_everything, unknown_name
-from probelib.attacks import eval_mode, pgd
+from probelib.attacks import eval_mode, input_bounds, pgd
 from probelib.models import build_model
-from probelib.models.checkpoint import (CheckpointMismatchError, arch_config, check_state_fits, plain,
-                                        read_checkpoint, save_checkpoint, write_checkpoint)
+from probelib.models.checkpoint import (CheckpointError, CheckpointMismatchError, UnsafeCheckpointError, arch_config,
+                                        check_state_fits, plain, read_checkpoint, save_checkpoint, write_checkpoint)
 
 __all__ = ["METHODS", "TrainConfig", "default_config", "config_names", "get_config", "train",
            "train_or_load", "natural_loss", "trades_loss", "trades_adversary", "at_loss", "mixup_loss",
@@ -79,7 +81,10 @@ def _randn(shape: torch.Size, generator: torch.Generator | None, like: torch.Ten
 
 def trades_adversary(model: nn.Module, x: torch.Tensor, eps: float, steps: int = 10,
                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """TRADES' L2 inner maximisation (eval mode; see the module docstring). Returns x_adv (detached)."""
+    """TRADES' L2 inner maximisation (eval mode; see the module docstring). Returns x_adv (detached).
+
+    Images are kept in [0, 1]; feature vectors (N×D, feature-space MLPs) are not boxed."""
+    lo, hi = input_bounds(x)
     step_size = 2 * eps / steps
     with eval_mode(model), torch.enable_grad():
         with torch.no_grad():
@@ -95,9 +100,9 @@ def trades_adversary(model: nn.Module, x: torch.Tensor, eps: float, steps: int =
             if zero.any():  # TRADES: a zero gradient (e.g. CNN002's zero-initialised last layer) steps randomly
                 grad[zero] = _randn(grad[zero].shape, generator, grad)
             delta = delta.detach() + step_size * grad
-            delta = (x + delta).clamp(0, 1) - x
+            delta = (x + delta).clamp(lo, hi) - x
             delta = delta.renorm(p=2, dim=0, maxnorm=eps)
-    return (x + delta).clamp(0, 1).detach()
+    return (x + delta).clamp(lo, hi).detach()
 
 
 def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, beta: float = 6.0,
@@ -817,6 +822,14 @@ def train_or_load(cfg: TrainConfig, splits: Any = None, device: str | torch.devi
     seed_everything(cfg.seed)
     model = cfg.build(splits)
     state_path = store.path("checkpoints", cfg.name, key, ".state.pt")
+    if state_path.exists():  # a damaged resume state is recomputed, not used (a planted pickle still raises)
+        try:
+            read_checkpoint(state_path)
+        except CheckpointError as err:
+            if isinstance(err, UnsafeCheckpointError):
+                raise
+            warnings.warn(f"{err}. Training {cfg.name} from epoch 0 instead.", stacklevel=2)
+            state_path.unlink()
     meta = {"config": cfg.as_dict(), "config_key": key, "name": cfg.name, "dataset": cfg.dataset}
     model, history = train(model, splits, device=device, checkpoint_path=state_path, metadata=meta,
                            progress=progress, **cfg.train_kwargs())

@@ -15,12 +15,10 @@ import pytest
 papermill = pytest.importorskip("papermill")
 
 ROOT = Path(__file__).resolve().parents[1]
-# TEMPORARY: feature-space AT fails in probelib.training (pgd wants N×C×H×W images), see report
-NO_FEATURE_AT = ["natural", "trades", "mixup"]
 NOTEBOOKS = {  # notebook -> (extra smoke parameters, outputs it must write under results_dir)
-    "00_precompute": ({"feature_methods": NO_FEATURE_AT}, ["tables/ncg_precompute_summary.csv"]),
+    "00_precompute": ({}, ["tables/ncg_precompute_summary.csv"]),
     "01_pixel_ncg": ({}, ["tables/pixel_ncg.csv", "tables/pixel_ncg.tex", "tables/pixel_robust_better_counts.csv"]),
-    "02_feature_ncg": ({"methods": NO_FEATURE_AT}, ["tables/feature_ncg.csv", "tables/feature_robust_better_counts.csv"]),
+    "02_feature_ncg": ({}, ["tables/feature_ncg.csv", "tables/feature_robust_better_counts.csv"]),
     "03_chi_square": ({}, ["tables/chi_square.csv"]),
     "04_ncg_distance_bins": ({"methods": ["natural", "trades"]}, ["tables/ncg_distance_bins.csv", "figures/fig5_ncg_distance_bins.png",
                                   "figures/fig5_ncg_distance_bins.pdf"]),

@@ -107,6 +107,27 @@ def test_trades_steps_randomly_where_the_gradient_is_zero():
     assert torch.allclose((x_adv - x).norm(dim=1), torch.full((2,), 0.3), atol=1e-4)  # random steps fill the ball
 
 
+def test_feature_space_adversaries_are_not_boxed_to_the_unit_interval():
+    """Feature vectors (N×D, e.g. post-ReLU CNN features well above 1) are attacked without the
+    [0, 1] image box (the NCG code's (−1e10, 1e10) bounds); images stay in [0, 1]."""
+    from probelib.training import trades_adversary
+    torch.manual_seed(0)
+    model = build_model("LargeMLP", num_classes=3, in_features=6)
+    nn.init.normal_(model.classifier.weight)
+    x = 5 + torch.rand(8, 6)  # features far outside [0, 1]
+    y = torch.zeros(8, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    for x_adv in (pgd(model, x, y, eps=0.5, generator=g), trades_adversary(model, x, eps=0.5, generator=g)):
+        assert x_adv.min() > 4  # not clipped into [0, 1]
+        assert ((x_adv - x).norm(dim=1) <= 0.5 + 1e-5).all() and ((x_adv - x).norm(dim=1) > 0.1).all()
+    images = torch.rand(4, 1, 6, 1)
+    img_model = nn.Sequential(nn.Flatten(), model)
+    assert 0 <= pgd(img_model, images, y[:4], eps=3.0, generator=g).min()
+    assert pgd(img_model, images, y[:4], eps=3.0, generator=g).max() <= 1
+    with pytest.raises(ValueError, match="bounds"):
+        pgd(model, x, y, eps=0.5, bounds=(1, 0))
+
+
 def test_at_loss_matches_a_direct_pgd():
     model, x, y = _tiny()
     model.train()

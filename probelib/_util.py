@@ -78,3 +78,14 @@ def check_images(x: torch.Tensor, name: str = "images") -> torch.Tensor:
         raise ValueError(f"{name} must hold finite values in [0, 1], got range "
                          f"[{x.min().item():.3g}, {x.max().item():.3g}]; divide uint8 pixels by 255")
     return x
+
+
+def check_finite_outputs(out: torch.Tensor, model: object) -> torch.Tensor:
+    """Raise a ValueError naming ``model`` when its outputs ``out`` (N×C) hold NaN or inf; return ``out``."""
+    bad = ~torch.isfinite(out.reshape(len(out), -1)).all(dim=1) if out.numel() else torch.zeros(0, dtype=torch.bool)
+    if bad.any():
+        first = int(bad.nonzero()[0])
+        raise ValueError(f"{type(model).__name__} returned NaN or infinite outputs for {int(bad.sum())} of {len(out)} "
+                         f"inputs (first at index {first}); its weights may have diverged (retrain it with a lower "
+                         "learning rate, or load another checkpoint) or the inputs are not finite")
+    return out

@@ -16,6 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from probelib._util import check_finite_outputs
+
 __all__ = ["accuracy", "mean_confidence", "confidences", "rms_calibration_error",
            "expected_calibration_error", "classification_metrics", "predict", "iter_image_batches"]
 
@@ -173,4 +175,4 @@ def predict(model: nn.Module, data, batch_size: int = 512, device: str | torch.d
             m.training = flag
     if not out:
         raise ValueError("data holds no images; pass at least one")
-    return torch.cat(out)
+    return check_finite_outputs(torch.cat(out), model)

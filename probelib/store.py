@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -151,9 +152,16 @@ class Store:
         """Load the arrays stored under (kind, name, key), or compute, store and return them."""
         path = self.path(kind, name, key, ".npz")
         if self.verify(path):
-            with np.load(path, allow_pickle=False) as f:
-                return {k: f[k] for k in f.files}
+            try:
+                with np.load(path, allow_pickle=False) as f:
+                    return {k: f[k] for k in f.files}
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+                pass  # sealed but unreadable (e.g. object arrays, which are never unpickled): recompute
         arrays = {k: np.asarray(v) for k, v in compute().items()}
+        for k, a in arrays.items():
+            if a.dtype.hasobject:
+                raise TypeError(f"array {k!r} for {kind}/{name} has dtype object, which the store would have to "
+                                "pickle; return numeric or string arrays (e.g. np.asarray(values, dtype=float))")
         with atomic_write(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
@@ -164,7 +172,10 @@ class Store:
         """Load the JSON record stored under (kind, name, key), or compute, store and return it."""
         path = self.path(kind, name, key, ".json")
         if self.verify(path):
-            return json.loads(path.read_text())
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError):
+                pass  # sealed but unreadable: recompute
         value = compute()
         write_text_atomic(path, json.dumps(value))
         self.seal(path, kind=kind, name=name, key=key)

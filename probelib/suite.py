@@ -185,7 +185,11 @@ def load_parameter_file(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"parameter file {str(path)!r} does not exist; -f expects a YAML file "
                                 "such as 'epochs: 3' one parameter per line")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:  # includes Python tags (!!python/...), which safe_load never constructs
+        raise ValueError(f"parameter file {str(path)!r} is not plain YAML ({str(err).splitlines()[0]}); write one "
+                         "'name: value' per line with plain values (numbers, strings, lists; no !!python tags)") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise ValueError(f"parameter file {str(path)!r} must hold a mapping of parameter names to values "
                          f"(e.g. 'epochs: 3'), got {type(data).__name__}")

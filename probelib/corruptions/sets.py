@@ -89,7 +89,8 @@ def _open_npy(path: Path) -> np.ndarray:
     from probelib.data import DatasetNotFoundError
 
     if not path.exists():
-        raise DatasetNotFoundError(f"missing file {path} (CIFAR-10-C layout: {_LAYOUT_TEXT['npy']})")
+        raise DatasetNotFoundError(f"missing file {path} (CIFAR-10-C layout: {_LAYOUT_TEXT['npy']}); copy it from "
+                                   "the published set, or regenerate the set with `python -m probelib corrupt`")
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
@@ -138,7 +139,11 @@ def _load_folder_set(folder: Path, corruption: str, severity: int, dataset: str 
 
     base = folder / corruption / str(severity)
     if not base.is_dir():
-        raise DatasetNotFoundError(f"missing folder {base} (layout: {_LAYOUT_TEXT['folders']})")
+        parent = folder / corruption
+        have = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+        raise DatasetNotFoundError(f"missing folder {base} (layout: {_LAYOUT_TEXT['folders']}); "
+                                   f"{parent} holds severities {have or 'none'}: copy severity "
+                                   f"{severity} from the published set, or pick one of those")
     wnids = sorted(p.name for p in base.iterdir() if p.is_dir())
     if not wnids:
         raise DatasetNotFoundError(f"no class folders in {base} (layout: {_LAYOUT_TEXT['folders']})")
@@ -255,7 +260,8 @@ def write_corrupted(images: np.ndarray, labels: np.ndarray, out: str | os.PathLi
     if images.ndim == 3:
         images = images[..., None]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(f"images must be uint8 N×H×W×C with C in {{1, 3}}, got {images.dtype} {images.shape}")
+        raise ValueError(f"images must be uint8 N×H×W×C with C in {{1, 3}}, got {images.dtype} {images.shape}; "
+                         "convert float N×C×H×W images in [0, 1] with probelib.corruptions.to_uint8_images(x)")
     labels = np.asarray(labels)
     if labels.shape != (len(images),):
         raise ValueError(f"labels must have shape ({len(images)},), got {labels.shape}")

@@ -29,15 +29,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from probelib._util import default_device, unknown_name
-from probelib.models.checkpoint import (CheckpointMismatchError, load_checkpoint, read_checkpoint,
-                                        save_checkpoint)
+from probelib.models.checkpoint import (CheckpointError, CheckpointMismatchError, UnsafeCheckpointError,
+                                        load_checkpoint, read_checkpoint, save_checkpoint)
 from probelib.models.cnn import CNN002
 from probelib.models.mlp import MLP, MLP_WIDTHS
 from probelib.models.resnet import TORCHVISION_ARCHS, NormalizedResNet, build_resnet
 from probelib.models.wrn import NORMS, WideResNet
 
 __all__ = ["build_model", "model_names", "save_checkpoint", "load_checkpoint", "read_checkpoint",
-           "extract_features", "CheckpointMismatchError", "CNN002", "WideResNet", "NormalizedResNet",
+           "extract_features", "CheckpointMismatchError", "CheckpointError", "UnsafeCheckpointError", "CNN002", "WideResNet", "NormalizedResNet",
            "MLP", "NORMS"]
 
 _WRN = re.compile(r"^WRN-(\d+)-(\d+)$")

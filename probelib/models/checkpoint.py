@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +31,14 @@ FORMAT = "probelib.checkpoint/1"
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the model it is loaded into; the message lists what differs."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read: damaged, truncated, or not a torch checkpoint (names the file)."""
+
+
+class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
+    """A checkpoint holds Python objects that ``weights_only`` loading refuses (they could run code)."""
 
 
 def plain(value: Any, where: str = "metadata") -> Any:
@@ -102,11 +111,31 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line]
+        if found:  # weights_only refused a Python global: the file could run code
+            raise UnsafeCheckpointError(
+                f"refusing to load checkpoint {str(path)!r}: it holds Python objects beyond tensors and plain "
+                f"containers ({found[0][:200]}), which could run code when unpickled; probelib loads "
+                "checkpoints with weights_only=True only. "
+                "Do not load it with weights_only=False unless you trust its source; re-save it from trusted code "
+                "with probelib.models.save_checkpoint") from None
+        raise CheckpointError(_damaged(path, "not a torch zip checkpoint: a plain pickle, which probelib never "
+                                       "unpickles, or damaged bytes")) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        detail = str(err).splitlines()[0][:160] if str(err).strip() else "empty or truncated file"
+        raise CheckpointError(_damaged(path, f"{type(err).__name__}: {detail}")) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{str(path)!r} is not a probelib checkpoint (expected a dict with format {FORMAT!r}); "
+        raise CheckpointError(f"{str(path)!r} is not a probelib checkpoint (expected a dict with format {FORMAT!r}); "
                          "for a bare state dict use model.load_state_dict(torch.load(path, weights_only=True))")
     return payload
+
+
+def _damaged(path: Path, reason: str) -> str:
+    return (f"checkpoint {str(path)!r} is damaged or not a probelib checkpoint ({reason}); delete it and re-run "
+            "(train_or_load retrains a model whose stored checkpoint is missing), or copy it again from its source")
 
 
 def _describe(config: Mapping) -> str:
@@ -136,7 +165,9 @@ def check_state_fits(model: nn.Module, state: Mapping[str, torch.Tensor], source
         problems.append(f"{len(shapes)} weight shapes differ ({'; '.join(shapes[:3])})")
     if problems:
         stored = _describe(stored_arch) if stored_arch else "unknown architecture"
-        raise CheckpointMismatchError(f"{source} ({stored}) does not fit the model: " + "; ".join(problems))
+        raise CheckpointMismatchError(f"{source} ({stored}) does not fit the model: " + "; ".join(problems)
+                                      + ". Build the model with the checkpoint's arguments above, or call "
+                                      "load_checkpoint(path) without model= to rebuild the stored architecture")
 
 
 def _differs(a: Any, b: Any) -> bool:

@@ -228,6 +228,69 @@ def test_glass_blur_matches_sequential_loop():
             np.testing.assert_array_equal(fast[b], ref)
 
 
+def test_image_streams_equal_default_rng():
+    """The batch-seeded per-image generators are default_rng([seed, corruption, severity, index])."""
+    for seed, first in ((0, 0), (7, 2 ** 32 - 3), (2 ** 40, 5)):
+        for k, g in enumerate(G._ImageStreams(seed, 4, 3, first, 5)):
+            np.testing.assert_array_equal(g.random(4), np.random.default_rng([seed, 4, 3, first + k]).random(4))
+
+
+def test_shot_noise_is_the_poisson_level_distribution():
+    """Shot noise samples the output level by the exact CDF of ⌊clip(Poisson(λ)/c)·255⌋."""
+    from scipy import stats
+
+    c = C.PARAMS["shot_noise"]["cifar"][4]
+    cdf = G._shot_tables(c)[0].reshape(256, 256)
+    k = np.arange(4 * c)
+    level = (np.clip(k / c, 0, 1) * 255).astype(np.uint8)
+    for v in (0, 1, 77, 200, 255):
+        pmf = stats.poisson.pmf(k, v / 255.0 * c)
+        np.testing.assert_allclose(cdf[v, :255], [pmf[level <= j].sum() for j in range(255)], atol=1e-12)
+    x = natural_images(4, 16, seed=9)
+    y = corrupt(x, "shot_noise", 5, seed=3)
+    for i in range(4):                   # the inverse CDF at the image's own uniforms
+        u = np.random.default_rng([3, CORRUPTIONS.index("shot_noise"), 5, i]).random(x.shape[1:])
+        np.testing.assert_array_equal(y[i], (cdf[x[i]] <= u[..., None]).sum(-1))
+
+
+def test_hsv_fast_path_equals_reference_formulas():
+    """Brightness/saturate's blocked HSV round trip gives the reference formulas' bytes, ties included."""
+    rng = np.random.default_rng(0)
+    a, b = np.meshgrid(np.arange(0, 256, 5), np.arange(0, 256, 5))
+    a, b = a.ravel(), b.ravel()
+    ties = np.concatenate([np.stack(t, -1) for t in ((a, a, b), (a, b, a), (b, a, a), (a, a, a))])
+    rgb = np.concatenate([ties, rng.integers(0, 256, (30000, 3))]).astype(np.uint8)[None, :, None]
+    for delta in (0.05, 0.2, 0.5):
+        def f(hsv):
+            hsv[..., 2] = np.clip(hsv[..., 2] + delta, 0, 1)
+        np.testing.assert_array_equal(G._hsv_edit(rgb, brightness=delta), np.uint8(G._hsv_apply(rgb / 255.0, f)))
+    for mul, add in ((0.1, 0), (2.5, 0.2), (30, 0.2)):
+        def f(hsv):
+            hsv[..., 1] = np.clip(hsv[..., 1] * mul + add, 0, 1)
+        np.testing.assert_array_equal(G._hsv_edit(rgb, saturation=(mul, add)), np.uint8(G._hsv_apply(rgb / 255.0, f)))
+
+
+def test_motion_blur_equals_float64_tap_sum():
+    """Motion blur's float32 sum with exact fix-up near level edges equals the float64 sum in tap order
+    (these images have pixels, at each radius, where the float32 sum alone quantises differently)."""
+    x = natural_images(64, 32, seed=4)
+    x[0] = 200
+    x[1, 5:9] = 3
+    angles = np.random.default_rng(4).uniform(-45, 45, 64)
+    angles[:4] = [-45, 45, 0, 44.9999]
+    for radius, sigma in ((6, 1), (9, 2.5), (14, 12)):
+        weights, dy, dx = G._motion_taps(radius, sigma, angles)
+        pad = int(np.abs(np.concatenate([dy, dx])).max())
+        ref = []
+        for im, oy, ox in zip(x, dy, dx):
+            p = np.pad(im, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+            acc = np.zeros(im.shape)
+            for wk, a, b in zip(weights, oy, ox):
+                acc += wk * p[pad + a:pad + a + 32, pad + b:pad + b + 32]
+            ref.append(np.floor(np.rint(257.0 * acc) / 257.0).clip(0, 255).astype(np.uint8))
+        np.testing.assert_array_equal(G._motion_blur(x, radius, sigma, angles), np.stack(ref))
+
+
 # --------------------------------------------------------------------------- unit checks (spec §5)
 def test_zoom_factor_counts():
     counts = [len(C.zoom_factors(*p)) for p in C.PARAMS["zoom_blur"]["cifar"]]

@@ -466,6 +466,12 @@ def test_cli_writes_partial_severities_and_resumes(tmp_path, capsys):
     mtime = (out / "contrast.npy").stat().st_mtime_ns
     assert main(args) == 0
     assert (out / "contrast.npy").stat().st_mtime_ns == mtime
+    # a file written by another generator version (different bytes) is regenerated, not reused
+    side = json.loads((out / "contrast.json").read_text())
+    (out / "contrast.json").write_text(json.dumps(dict(side, generator=side["generator"] - 1)))
+    assert main(args) == 0
+    assert (out / "contrast.npy").stat().st_mtime_ns != mtime
+    assert json.loads((out / "contrast.json").read_text())["generator"] == side["generator"]
 
 
 @pytest.fixture(scope="session")

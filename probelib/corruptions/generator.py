@@ -27,6 +27,9 @@ CORRUPTIONS: list[str] = BENCHMARK + EXTRA          # position = "corruption ind
 DETERMINISTIC = frozenset({"gaussian_blur", "defocus_blur", "zoom_blur", "contrast", "brightness",
                            "saturate", "jpeg_compression", "pixelate"})
 SEVERITIES = (1, 2, 3, 4, 5)
+#: Bumped whenever the bytes ``corrupt`` returns change (2: shot_noise samples by inverting the
+#: exact output-level distribution); sets written by another version are regenerated.
+GENERATOR_VERSION = 2
 
 
 def corruption_names(extra: bool = False) -> list[str]:

@@ -18,8 +18,8 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from probelib._util import unknown_name
-from probelib.corruptions.generator import (CORRUPTIONS, SEVERITIES, _check_corruption, _check_severity,
-                                            corrupt, parameter_set, severity_parameters)
+from probelib.corruptions.generator import (CORRUPTIONS, GENERATOR_VERSION, SEVERITIES, _check_corruption,
+                                            _check_severity, corrupt, parameter_set, severity_parameters)
 
 # --------------------------------------------------------------------------- readers
 class CorruptedSetError(ValueError):
@@ -234,7 +234,7 @@ def _complete(folder: Path, corruption: str, meta: dict, shape: tuple) -> bool:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (CorruptedSetError, ValueError, OSError, EOFError):
         return False
-    keys = ("dataset", "split", "seed", "severities", "n", "image_shape")
+    keys = ("dataset", "split", "seed", "severities", "n", "image_shape", "generator")
     return bool(side) and all(side.get(k) == meta[k] for k in keys) and arr.shape == shape
 
 
@@ -270,7 +270,7 @@ def write_corrupted(images: np.ndarray, labels: np.ndarray, out: str | os.PathLi
     rows = n * len(severities)
     shape = (rows, *images.shape[1:])
     meta = {"dataset": dataset, "split": split, "seed": int(seed), "severities": severities, "n": n,
-            "image_shape": list(images.shape[1:])}
+            "image_shape": list(images.shape[1:]), "generator": GENERATOR_VERSION}
     lab_dtype = np.uint8 if labels.size == 0 or (labels.min() >= 0 and labels.max() < 256) else np.int64
     all_labels = np.tile(labels.astype(lab_dtype), len(severities))
     lab_path = out / "labels.npy"
@@ -313,7 +313,13 @@ def ensure_mnist5k_c(root: str | os.PathLike | None = None, progress: bool = Tru
     from probelib.data import data_root
 
     folder = data_root(root) / PUBLISHED["mnist5k-c"].folder
-    if all((folder / f"{c}.json").exists() for c in CORRUPTIONS) and (folder / "labels.npy").exists():
+    def current(c: str) -> bool:
+        try:
+            return (_read_sidecar(folder, c) or {}).get("generator") == GENERATOR_VERSION
+        except CorruptedSetError:
+            return False
+
+    if (folder / "labels.npy").exists() and all(current(c) for c in CORRUPTIONS):
         return folder
     x, y = _source_images("mnist5k", "test", root)
     return write_corrupted(x, y, folder, CORRUPTIONS, SEVERITIES, 0, dataset="mnist5k", split="test",

@@ -304,3 +304,46 @@ def test_corrupt_on_the_fly_matches_corruptions_module():
     direct = torch.from_numpy(corrupt(u8, "gaussian_noise", 3, 0).reshape(u8.shape)).permute(0, 3, 1, 2)
     assert torch.equal((xc * 255).round().to(torch.uint8), direct) and torch.equal(yc, y)
     assert xc.shape == x.shape and xc.dtype == torch.float32
+
+
+def test_one_pass_exact_statistics_equal_truncated_passes_and_arm_logits():
+    from probelib.adabn import arm_logits
+    model, x = tiny_bn_cnn(channels=3), data(n=37, channels=3)
+    before = copy.deepcopy(model.state_dict())
+    for kw in (dict(), dict(layers=exclude_last(1)), dict(layers=exclude_first(1)),
+               dict(augment="crop+flip", seed=2)):
+        one = stats(adapt_bn(model, x, batch_size=64, **kw))  # all 37 in one batch: one pass
+        many = stats(adapt_bn(model, x, batch_size=5, **kw))  # one truncated pass per layer
+        for (a, b), (c, d) in zip(one, many):
+            assert torch.allclose(a, c, atol=1e-6) and torch.allclose(b, d, rtol=1e-5), kw
+    # the adabn arm reuses the single statistics pass as its forward: same logits as adapt + predict
+    direct = predict(adapt_bn(model, x, batch_size=5), x, desc=None)
+    assert torch.allclose(arm_logits(model, x, "adabn", device="cpu"), direct, atol=1e-5)
+    aug = predict(adapt_bn(model, x, augment="crop+flip", batch_size=5), x, desc=None)
+    assert torch.allclose(arm_logits(model, x, "adabn+aug", augment="crop+flip", device="cpu"), aug, atol=1e-5)
+    masked = predict(adapt_bn(model, x, layers=exclude_last(2), batch_size=5), x, desc=None)
+    assert torch.allclose(arm_logits(model, x, "adabn", layers=exclude_last(2), device="cpu"), masked, atol=1e-5)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_stratified_subset_and_n_images():
+    from probelib.adabn import stratified_subset
+    x, y = data(n=60), torch.arange(60) // 12  # sorted by class, as test splits often are
+    xs, ys = stratified_subset(x, y, 20)
+    assert len(ys) == 20 and torch.bincount(ys).tolist() == [4] * 5
+    rows = [int(torch.nonzero((x == xi).flatten(1).all(1))[0]) for xi in xs]  # images of x, kept in order
+    assert rows == sorted(rows) and torch.equal(y[rows], ys)
+    assert stratified_subset(x, y, None)[0] is x and len(stratified_subset(x, y, 100)[1]) == 60
+    with pytest.raises(ValueError, match="n_images"):
+        stratified_subset(x, y, 0)
+    load = synthetic_corrupted(x, y)
+    grid = shift_grid(tiny_bn_cnn(), load, ["gaussian_noise"], [1], clean=(x, y), n_images=20, device="cpu")
+    assert (grid["n"] == 20).all() and len(grid) == 6
+    from probelib.adabn import load_shifted
+    xl, yl = load_shifted(load, "gaussian_noise", 1, 20)  # the subset the grid scored
+    assert torch.equal(xl, stratified_subset(*load("gaussian_noise", 1), 20)[0]) and len(yl) == 20
+    train_x, train_y = data(n=30, seed=3), torch.arange(30) % 5
+    table = ncg_under_adabn(tiny_bn_cnn(), train_x, train_y, load, ["gaussian_noise"], [1, 2], n_images=20,
+                            device="cpu")
+    assert table["n"].iloc[0] == 40

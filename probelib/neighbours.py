@@ -149,6 +149,24 @@ def _cpu_gemm_backend(flops: float) -> str:
     return _CPU_GEMM
 
 
+def _row_topk(part: torch.Tensor, k: int, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest values of each row (unsorted) and their columns, as ``topk`` gives them,
+    about twice as fast on wide rows: the k largest values lie in the k chunks (of ``chunk``
+    columns) with the largest maxima, so only those chunks (and the ragged tail) are searched."""
+    n, m = part.shape
+    n_chunks = m // chunk
+    if n_chunks < 4 * k:
+        return part.topk(k, dim=1, largest=True, sorted=False)
+    maxima = part[:, :n_chunks * chunk].view(n, n_chunks, chunk).amax(2)
+    best = maxima.topk(k, dim=1, largest=True, sorted=False).indices
+    cols = (best[:, :, None] * chunk + torch.arange(chunk, device=part.device)).view(n, -1)
+    if n_chunks * chunk < m:
+        tail = torch.arange(n_chunks * chunk, m, device=part.device)
+        cols = torch.cat([cols, tail.expand(n, -1)], 1)
+    v, j = part.gather(1, cols).topk(k, dim=1, largest=True, sorted=False)
+    return v, cols.gather(1, j)
+
+
 def _torch_l2_candidates(ref: torch.Tensor, qry: torch.Tensor, kc: int, device: torch.device,
                          query_batch: int, reference_batch: int, progress: bool
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -193,7 +211,8 @@ def _torch_l2_candidates(ref: torch.Tensor, qry: torch.Tensor, kc: int, device: 
         for b in range(0, nq, qb_size):
             nqb = min(qb_size, nq - b)
             qb = q_aug[:nqb]
-            _centred_into(qry[b:b + nqb], center, qb[:, :d])
+            if a == 0 or nq > qb_size:  # a single query block stays centred in q_aug
+                _centred_into(qry[b:b + nqb], center, qb[:, :d])
             if a == 0:
                 q_norm[b:b + nqb] = torch.linalg.vector_norm(qb[:, :d], dim=1).double().pow(2)
                 if not bool(torch.isfinite(q_norm[b:b + nqb]).all()):
@@ -203,7 +222,7 @@ def _torch_l2_candidates(ref: torch.Tensor, qry: torch.Tensor, kc: int, device: 
                 np.matmul(qb.numpy(), rb.numpy().T, out=part.numpy())
             else:
                 torch.mm(qb, rb.T, out=part)
-            v, i = part.topk(min(kc, nrb), dim=1, largest=True, sorted=False)
+            v, i = _row_topk(part, min(kc, nrb))
             v = torch.cat([best_v[b:b + nqb], v], 1)
             i = torch.cat([best_i[b:b + nqb], i + a], 1)
             v, o = v.topk(kc, dim=1, largest=True, sorted=True)
@@ -322,7 +341,7 @@ def knn(reference, queries, k: int = 1, metric: str = "l2", *, extra_candidates:
     needed[:, :k] = True
     rows, cols = torch.nonzero(needed, as_tuple=True)
     exact = torch.full(approx.shape, math.inf, dtype=torch.float64)
-    step = max(1, int(2 ** 24 // max(1, ref.shape[1])))
+    step = max(1, int(2 ** 19 // max(1, ref.shape[1])))  # cache-sized float64 blocks (~10x faster than 2**24)
     for b in range(0, len(rows), step):
         r, c = rows[b:b + step], cols[b:b + step]
         exact[r, c] = _exact_dist(qry_cpu[r], ref_cpu[cand[r, c]][:, None, :], metric)[:, 0]

@@ -193,3 +193,16 @@ def test_cpu_gemm_calibration_picks_a_backend(monkeypatch):
     assert nb._CPU_GEMM is None
     assert nb._cpu_gemm_backend(1e12) in ("torch", "numpy")
     assert nb._CPU_GEMM in ("torch", "numpy")
+
+
+def test_chunked_row_topk_equals_topk_values_with_ties():
+    from probelib.neighbours import _row_topk
+    g = torch.Generator().manual_seed(0)
+    for part in (torch.randn(7, 5000, generator=g),
+                 torch.randint(0, 5, (7, 5000), generator=g).float(),   # massive ties
+                 torch.randn(3, 64 * 40, generator=g)):                  # no ragged tail
+        for k in (1, 9):
+            v, i = _row_topk(part, k)
+            ref = part.topk(k, dim=1).values
+            assert torch.equal(v.sort(1).values, ref.sort(1).values)
+            assert torch.equal(part.gather(1, i), v) and all(len(set(r.tolist())) == k for r in i)

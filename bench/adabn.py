@@ -3,8 +3,10 @@
 The reference loop is what the authors' evaluate_all.py does per setting and arm: deep-copy the
 source model, wrap the stored uint8 images in a Dataset that converts (and, for ``adabn+aug``,
 augments) one image at a time, run the statistics pass and the scoring pass through DataLoaders
-of batch 128. probelib's ``shift_grid`` decodes each set once, adapts one working copy in place
-and restores the source statistics, and scores in cache-sized batches with channels-last convs.
+of batch 128, with the model in PyTorch's default (contiguous) layout, as a model built or loaded
+from a checkpoint has it. probelib's ``shift_grid`` decodes each set once, adapts one working copy
+in place and restores the source statistics, and scores in cache-sized batches with channels-last
+convs.
 Both use momentum 0.1 (the authors' exponential average, batch 128 in data order) and the same
 per-image augmentation, so the numbers must agree; the script checks them and prints both times.
 
@@ -28,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from probelib._util import default_device, seed_everything  # noqa: E402
-from probelib.adabn import ARMS, bn_layers, corrupt_on_the_fly, shift_grid, train_augmentation  # noqa: E402
+from probelib.adabn import (ARMS, bn_layers, corrupt_on_the_fly, momentum_label, shift_grid,  # noqa: E402
+                            stratified_subset, train_augmentation)
 from probelib.corruptions import corruption_names  # noqa: E402
 from probelib.data import load_dataset  # noqa: E402
 from probelib.metrics import classification_metrics  # noqa: E402
@@ -57,7 +60,9 @@ def reference_grid(source, sets, arms, momentum, batch_size, device, seed, flip)
     rows = []
     for (c, s), (images, labels) in sets.items():
         for arm in arms:
-            model = copy.deepcopy(source).to(device)
+            # the layout a model has when built or loaded from a checkpoint (the original scripts
+            # never change it); a freshly trained probelib model is left channels-last in memory
+            model = copy.deepcopy(source).to(device, memory_format=torch.contiguous_format)
             model.eval()
             if arm != "source":
                 for _, bn in bn_layers(model):
@@ -104,7 +109,7 @@ def main() -> None:
     model = model.cpu().eval()
 
     test = load_dataset("mnist5k").test
-    x, y = test.x[:args.n], test.y[:args.n]
+    x, y = stratified_subset(test.x, test.y, args.n)  # the test split is sorted by class: x[:n] would be a label shift
     corruptions = corruption_names() if args.full else SUBSET
     severities = [1, 2, 3, 4, 5] if args.full else [1, 3, 5]
     load = corrupt_on_the_fly(x, y)
@@ -137,8 +142,8 @@ def main() -> None:
 
     settings = len(ref)
     print(f"\nmodel: {label}; device {device}; {len(corruptions)} corruptions × {len(severities)} severities × "
-          f"{len(ARMS)} arms = {settings} settings of {len(y)} images; momentum {args.momentum} "
-          f"(EMA from source), statistics batch {args.batch_size}")
+          f"{len(ARMS)} arms = {settings} settings of {len(y)} images; statistics {momentum_label(args.momentum)}, "
+          f"statistics batch {args.batch_size}")
     print(fast.pivot_table(index="arm", values=["accuracy", "confidence", "rms_calibration"]).round(4))
     print(f"\nmax |reference − probelib| per metric: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
     print(f"accuracy identical in every setting: {identical_acc}")

@@ -12,7 +12,7 @@ Foolbox at 9 × 10 000 steps takes minutes per handful of points on CPU, so it r
 ``--fb-points`` points only; every probelib attack runs on exactly those points too, as one
 batch (the headline comparison), and the fast ones also on all ``--points`` points. Prints a
 table and ends with ``speed-up vs foolbox CW: <x>`` for the attack the robustness study uses
-(``--study-attack``, default fmn+ddn): foolbox's time / its time on the same points.
+(``--study-attack``, default ddn, as notebook 10): foolbox's time / its time on the same points.
 
     .venv/bin/python bench/attacks.py [--points 32] [--fb-points 8] [--epochs 3] [--arch small]
 """
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--paper-cw", action="store_true",
                         help="also run probelib cw_l2 at the paper's 9 × 10 000 steps (as slow as foolbox)")
-    parser.add_argument("--study-attack", default="fmn+ddn", help="row whose speed-up is the last line")
+    parser.add_argument("--study-attack", default="ddn", help="row whose speed-up is the last line (the robustness notebook's attack)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

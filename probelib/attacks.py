@@ -8,8 +8,8 @@
   decoupled direction and norm (Rony et al., CVPR 2019): far fewer steps than CW for the
   same norms (see ``bench/attacks.py``). Both end with a bisection along the segment from the
   clean image to the adversarial one, which can only shorten it.
-- :func:`best_of_l2` — the per-point smallest of several of them (default FMN and DDN: the
-  robustness study's attack, ``"fmn+ddn"``).
+- :func:`best_of_l2` — the per-point smallest of several of them (default FMN and DDN,
+  ``"fmn+ddn"``; the robustness study uses ``"ddn"``, which reaches the same median norms).
 - :func:`closest_adversarial` — NCG's ``get_rob``: sample correctly classified training points
   that are the nearest neighbour of some OOD image, and find their closest adversarial examples.
 
@@ -493,7 +493,7 @@ def best_of_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: tupl
 
 _SINGLE_ATTACKS: dict[str, Callable[..., AttackResult]] = {"cw": cw_l2, "fmn": fmn_l2, "ddn": ddn_l2}
 
-#: Minimum-norm L2 attacks by name. The robustness study uses "fmn+ddn" (see bench/attacks.py).
+#: Minimum-norm L2 attacks by name. The robustness study uses "ddn" (see bench/attacks.py).
 MIN_NORM_ATTACKS: dict[str, Callable[..., AttackResult]] = {**_SINGLE_ATTACKS, "fmn+ddn": best_of_l2}
 
 
@@ -545,7 +545,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512,
 
 def closest_adversarial(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
                         nn_indices: np.ndarray | torch.Tensor, n: int = 300, seed: int = 0,
-                        attack: str | Callable[..., AttackResult] = "fmn+ddn",
+                        attack: str | Callable[..., AttackResult] = "ddn",
                         device: str | torch.device | None = None, progress: bool = True,
                         **attack_kwargs) -> ClosestAdversarial:
     """NCG's ``get_rob``: the closest adversarial examples of ``n`` sampled NN training points.
@@ -682,7 +682,7 @@ def closest_adversarial_cached(model: nn.Module, train_x: torch.Tensor, train_y:
     from probelib.store import default_store, fingerprint
 
     store = default_store() if store is None else store
-    attack = kwargs.get("attack", "fmn+ddn")
+    attack = kwargs.get("attack", "ddn")
     if not isinstance(attack, str):
         raise ValueError("closest_adversarial_cached needs the attack by name (one of "
                          f"{sorted(MIN_NORM_ATTACKS)}) so that the cache key can name it")

@@ -535,6 +535,38 @@ def test_notebook_corrupted_ncg(repo_root, tmp_path, monkeypatch, data_root):
     text, results = _run_notebook("20_corrupted_ncg.ipynb", repo_root, tmp_path, monkeypatch, data_root)
     assert text.count("VERDICT: ") == 2 and "keeps NCG above natural" in text
     import pandas as pd
-    table = pd.read_csv(results / "tables" / "corrupted_ncg_smoke-mnist5k-c.csv")
+    table = pd.read_csv(results / "tables" / "corrupted_ncg_smoke-mnist5kwo9-c.csv")
     assert len(table) == 3 * 2 * 5 and table["ncg"].between(0, 1).all() and (table["n"] == 60).all()
-    assert (results / "figures" / "corrupted_ncg_slopes_smoke-mnist5k-c.png").exists()
+    assert (results / "figures" / "corrupted_ncg_slopes_smoke-mnist5kwo9-c.png").exists()
+
+
+def test_corrupted_ncg_table_wo_variant_drops_and_relabels_the_held_out_class(tmp_path):
+    """The "wo" variant (spec §1.4): images of the held-out class leave the set, the others take
+    the models' labels; with label_map=None (nowo) every image counts."""
+    import torch
+    from torch import nn
+
+    from probelib.data import as_tensors, held_out_label_map, load_dataset
+    test = load_dataset("digits").test
+    x, y = as_tensors(test)
+    out = C.write_corrupted(C.to_uint8_images(x), y.numpy(), tmp_path / "digits-c", ["contrast"], [1],
+                            progress=False)
+    train_x, train_y = as_tensors(load_dataset("digitswo3").train)  # labels 0..8, digit 3 held out
+
+    class Echo(nn.Module):  # predicts the label of the nearest training image, i.e. NCG = 1
+        def forward(self, q):
+            d = torch.cdist(q.flatten(1), train_x.flatten(1))
+            return nn.functional.one_hot(train_y[d.argmin(1)], 9).float()
+
+    mapping = held_out_label_map("digits", 10, 3)
+    wo = C.corrupted_ncg_table({"echo": Echo()}, train_x, train_y, out, severities=[1], label_map=mapping,
+                               store=False)
+    nowo = C.corrupted_ncg_table({"echo": Echo()}, train_x, train_y, out, severities=[1], store=False)
+    assert wo["n"].item() == int((y != 3).sum()) and nowo["n"].item() == len(y)
+    assert wo["ncg"].item() == 1.0
+    # relabelled: digit 4 is label 3 for the models, so accuracy is that of the 9 seen classes
+    seen = y != 3
+    relabelled = torch.tensor([mapping[int(v)] for v in y[seen]])
+    cx = as_tensors(C.load_corrupted(out, "contrast", 1))[0][seen]
+    pred = Echo()(cx).argmax(1)
+    assert wo["accuracy"].item() == pytest.approx(float((pred == relabelled).float().mean()))

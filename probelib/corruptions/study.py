@@ -143,15 +143,19 @@ MONOTONE = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "d
 # --------------------------------------------------------------------------- corrupted-data NCG study
 def corrupted_ncg_table(models: dict, train_x: torch.Tensor, train_y: torch.Tensor, corrupted: str | os.PathLike,
                         corruptions: Sequence[str] | None = None, severities: Sequence[int] = SEVERITIES,
-                        root=None, max_images: int | None = None, device=None, store=None):
-    """NCG paper §1.4 ("nowo" variant) on a "-C" set: for every model, corruption and severity,
+                        root=None, max_images: int | None = None, device=None, store=None,
+                        label_map: dict[int, int] | None = None):
+    """NCG paper §1.4 on a "-C" set: for every model, corruption and severity,
     :func:`setting_stats` of the model's predictions against the true labels and the labels of
     each corrupted image's nearest clean training image (L2, pixel space, ``train_x``).
 
     ``models``: method name → model. ``corruptions``: default every corruption the set holds.
-    ``max_images``: use only the first images of each setting (smoke runs). Predictions and
-    neighbours are cached in the artifact store. Returns a long DataFrame (one row per method ×
-    corruption × severity).
+    ``label_map``: None for the "nowo" variant (models trained on all classes); for the "wo"
+    variant (class K held out) the set's label → the models' label, e.g.
+    ``probelib.data.held_out_label_map(base, C, K)``: images of labels not in it (class K) are
+    removed, the others relabelled. ``max_images``: use only the first images of each setting
+    (smoke runs). Predictions and neighbours are cached in the artifact store. Returns a long
+    DataFrame (one row per method × corruption × severity).
     """
     import pandas as pd
 
@@ -168,6 +172,9 @@ def corrupted_ncg_table(models: dict, train_x: torch.Tensor, train_y: torch.Tens
     for c in tqdm(names, desc="corruptions"):
         for s in severities:
             x, y = as_tensors(load_corrupted(corrupted, c, s, root))
+            if label_map is not None:
+                keep = torch.tensor([int(v) in label_map for v in y.tolist()], dtype=torch.bool)
+                x, y = x[keep], torch.tensor([label_map[int(v)] for v in y[keep].tolist()], dtype=torch.long)
             if max_images is not None:
                 x, y = x[:max_images], y[:max_images]
             nn_label = nearest_neighbours(train_x, train_y, x, store=store, name=f"{tag}-{c}-{s}",

@@ -341,6 +341,14 @@ def _track_best(best_adv, best_norm, found, adv_inputs, norms, is_adv) -> None:
     found |= is_adv
 
 
+def _final_step(model, x, y, delta, best_adv, best_norm, found, refine_steps):
+    """Score the last iterate, keep it if it is the smallest success, bisect towards x: (x_adv, found)."""
+    with torch.no_grad():
+        logits = model(x + delta)
+        _track_best(best_adv, best_norm, found, x + delta, delta.flatten(1).norm(dim=1), logits.argmax(1) != y)
+    return _refine_on_segment(model, x, best_adv, y, found, refine_steps), found
+
+
 def fmn_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 200,
            alpha_init: float = 1.0, alpha_final: float | None = None, gamma_init: float = 0.05,
            gamma_final: float = 0.001, refine_steps: int = 10, batch_size: int = 128,
@@ -398,11 +406,7 @@ def fmn_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 200,
                 delta = delta * _view(torch.clamp(epsilon / delta.flatten(1).norm(dim=1).clamp(min=1e-12),
                                                   max=1.0), delta)
                 delta = (x + delta).clamp(0, 1) - x
-        with torch.no_grad():
-            logits = model(x + delta)
-            _track_best(best_adv, best_norm, found, x + delta, delta.flatten(1).norm(dim=1),
-                        logits.argmax(1) != y)
-        return _refine_on_segment(model, x, best_adv, y, found, refine_steps), found
+        return _final_step(model, x, y, delta, best_adv, best_norm, found, refine_steps)
 
     return _batched(attack_one, model, x, y, batch_size, progress, "FMN-L2")
 
@@ -451,11 +455,7 @@ def ddn_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 200,
                 delta = d.detach() + alpha * grad / _view(grad_norm, grad)
                 delta = delta * _view(epsilon / delta.flatten(1).norm(dim=1).clamp(min=1e-12), delta)
                 delta = (x + delta).clamp(0, 1) - x
-        with torch.no_grad():
-            logits = model(x + delta)
-            _track_best(best_adv, best_norm, found, x + delta, delta.flatten(1).norm(dim=1),
-                        logits.argmax(1) != y)
-        return _refine_on_segment(model, x, best_adv, y, found, refine_steps), found
+        return _final_step(model, x, y, delta, best_adv, best_norm, found, refine_steps)
 
     return _batched(attack_one, model, x, y, batch_size, progress, "DDN-L2")
 

@@ -746,16 +746,14 @@ def _corrupted_test(splits, corruption: str, severity: int, n_images: int | None
     import torch
 
     from probelib import corruptions as C
-    from probelib.data import as_tensors, held_out_label_map, parse_name
+    from probelib.data import apply_label_map, as_tensors, held_out_label_map, parse_name
 
     base, held_out = parse_name(splits.name) if getattr(splits, "name", None) else (None, None)
     published = f"{base}-c" if base else None
     if published in C.corrupted_sets() and published != "mnist5k-c":
         x, y = as_tensors(C.load_corrupted(published, corruption, severity))
         if held_out is not None:
-            mapping = held_out_label_map(base, splits.num_classes + 1, held_out)
-            keep = torch.tensor([int(v) in mapping for v in y.tolist()], dtype=torch.bool)
-            x, y = x[keep], torch.tensor([mapping[int(v)] for v in y[keep].tolist()], dtype=torch.long)
+            x, y = apply_label_map(x, y, held_out_label_map(base, splits.num_classes + 1, held_out))
         pick = _spread(len(y), n_images)
         return x[pick], y[pick]
     x, y = as_tensors(splits.test)

@@ -159,7 +159,7 @@ def corrupted_ncg_table(models: dict, train_x: torch.Tensor, train_y: torch.Tens
     """
     import pandas as pd
 
-    from probelib.data import as_tensors
+    from probelib.data import apply_label_map, as_tensors
     from probelib.ncg import predict_labels
     from probelib.neighbours import nearest_neighbours
 
@@ -173,8 +173,7 @@ def corrupted_ncg_table(models: dict, train_x: torch.Tensor, train_y: torch.Tens
         for s in severities:
             x, y = as_tensors(load_corrupted(corrupted, c, s, root))
             if label_map is not None:
-                keep = torch.tensor([int(v) in label_map for v in y.tolist()], dtype=torch.bool)
-                x, y = x[keep], torch.tensor([label_map[int(v)] for v in y[keep].tolist()], dtype=torch.long)
+                x, y = apply_label_map(x, y, label_map)
             if max_images is not None:
                 x, y = x[:max_images], y[:max_images]
             nn_label = nearest_neighbours(train_x, train_y, x, store=store, name=f"{tag}-{c}-{s}",

@@ -20,7 +20,7 @@ from probelib._util import unknown_name
 from probelib.data import embedded, files
 from probelib.data.core import DatasetNotFoundError, RelabelledSubset, Splits, TensorSet, as_tensors
 
-__all__ = ["load_dataset", "dataset_names", "data_root", "dataset_status", "held_out_label_map",
+__all__ = ["load_dataset", "dataset_names", "data_root", "dataset_status", "held_out_label_map", "apply_label_map",
            "Splits", "TensorSet", "DatasetNotFoundError", "as_tensors"]
 
 
@@ -103,6 +103,15 @@ def held_out_label_map(base: str, num_classes: int, k: int) -> dict[int, int]:
         mapping[num_classes - 1] = 0
         return mapping
     return {c: c - (c > k) for c in seen}
+
+
+def apply_label_map(x: torch.Tensor, y: torch.Tensor, mapping: dict[int, int]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the images whose label is in ``mapping`` and relabel them (e.g. a corrupted set of all
+    classes in the label space of a ``…woK`` model: ``held_out_label_map(base, C, K)``)."""
+    labels = y.tolist()
+    keep = torch.tensor([int(v) in mapping for v in labels], dtype=torch.bool)
+    return x[keep], torch.tensor([mapping[int(v)] for v, k in zip(labels, keep.tolist()) if k], dtype=torch.long)
 
 
 def _labels_of(data) -> torch.Tensor:

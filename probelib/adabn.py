@@ -296,6 +296,21 @@ def _exact_one_pass(model: nn.Module, data, chosen: Sequence[_BatchNorm], batch_
     return torch.cat(outputs)
 
 
+def _forward_all(model: nn.Module, data, batch_size: int, device, aug) -> int:
+    """Forward every (augmented) batch of ``data`` without keeping outputs (a pre-hook may stop a
+    pass early with :class:`_StopForward`); the number of batches, at least one."""
+    batches = 0
+    for x in _batches(data, batch_size, device, aug):
+        batches += 1
+        try:
+            model(x)
+        except _StopForward:
+            pass
+    if batches == 0:
+        raise ValueError("data holds no images; pass at least one")
+    return batches
+
+
 @torch.no_grad()
 def adapt_bn_(model: nn.Module, data, momentum: float | None = None,
               layers: Sequence[bool] | LayerSelector | None = None, augment=None,
@@ -322,24 +337,19 @@ def adapt_bn_(model: nn.Module, data, momentum: float | None = None,
         for m in chosen:
             m.momentum = float(momentum)
             m.train()
-        batches = 0
         try:
-            for x in _batches(data, batch_size, device, aug):
-                batches += 1
-                model(x)
+            _forward_all(model, data, batch_size, device, aug)
         finally:
             model.eval()
             for m, old in zip(chosen, momenta):
                 m.momentum = old
-        if batches == 0:
-            raise ValueError("data holds no images; pass at least one")
         return model
     if layerwise and _single_batch(data, batch_size):
         _exact_one_pass(model, data, chosen, batch_size, device, aug)
         return model
     if layerwise:
         for m in chosen:  # one truncated pass per layer; earlier layers already adapted, eval mode
-            acc, batches = _Accumulator(), 0
+            acc = _Accumulator()
             aug = _augmenter(augment, _first_channels(data), seed) if augment is not None else None
 
             def hook(module, inputs, acc=acc):
@@ -348,33 +358,21 @@ def adapt_bn_(model: nn.Module, data, momentum: float | None = None,
 
             handle = m.register_forward_pre_hook(hook)
             try:
-                for x in _batches(data, batch_size, device, aug):
-                    batches += 1
-                    try:
-                        model(x)
-                    except _StopForward:
-                        pass
+                batches = _forward_all(model, data, batch_size, device, aug)
             finally:
                 handle.remove()
-            if batches == 0:
-                raise ValueError("data holds no images; pass at least one")
             _set_stats(m, *acc.result(), batches)
         return model
     accs = {m: _Accumulator() for m in chosen}
     handles = [m.register_forward_pre_hook(lambda mod, inp: accs[mod].add(inp[0])) for m in chosen]
     for m in chosen:
         m.train()  # normalise with batch statistics; the running statistics are overwritten below
-    batches = 0
     try:
-        for x in _batches(data, batch_size, device, aug):
-            batches += 1
-            model(x)
+        batches = _forward_all(model, data, batch_size, device, aug)
     finally:
         for h in handles:
             h.remove()
         model.eval()
-    if batches == 0:
-        raise ValueError("data holds no images; pass at least one")
     for m in chosen:
         _set_stats(m, *accs[m].result(), batches)
     return model

@@ -1,14 +1,26 @@
-"""AdaBN shift grid: probelib's fast path vs a straightforward reference loop.
+"""AdaBN shift grid: probelib's fast path vs the authors' loop (evaluate_all.py), end to end.
 
-The reference loop is what the authors' evaluate_all.py does per setting and arm: deep-copy the
-source model, wrap the stored uint8 images in a Dataset that converts (and, for ``adabn+aug``,
-augments) one image at a time, run the statistics pass and the scoring pass through DataLoaders
-of batch 128, with the model in PyTorch's default (contiguous) layout, as a model built or loaded
-from a checkpoint has it. probelib's ``shift_grid`` decodes each set once, adapts one working copy
-in place and restores the source statistics, and scores in cache-sized batches with channels-last
-convs.
-Both use momentum 0.1 (the authors' exponential average, batch 128 in data order) and the same
-per-image augmentation, so the numbers must agree; the script checks them and prints both times.
+Both read the same corrupted sets from disk, written (untimed) in the CIFAR-10-C layout
+(``<corruption>.npy``: all 5 severities, severity-major; ``labels.npy``) for a class-stratified
+subset of the mnist5k test images.
+
+The reference loop does, per setting and arm, what ``evaluate_all.py`` (collin-burns/feature-alignment)
+does: a ``CorruptionDataset`` per loader that ``np.load``s the whole corruption file and slices the
+severity (the ``adabn+aug`` arm opens two: the augmented statistics loader and the scoring
+loader), converts one image at a time (``ToTensor``; the training augmentation per image in the
+statistics loader), deep-copies the model for the adapted arms (``update_bn_stats``), runs the
+statistics pass under ``torch.no_grad()`` and the scoring pass as ``get_acc_conf_ce`` does —
+*without* ``torch.no_grad()`` — through DataLoaders of batch 128, with the model in PyTorch's
+default (contiguous) layout, as a model built or loaded from a checkpoint has it. One deviation:
+the authors' loaders shuffle; here both paths go in data order, since with the exponential
+average the statistics depend on which images share a batch, and the numbers must agree. The
+same loop with ``torch.no_grad()`` scoring is timed too and printed for comparison.
+
+probelib's ``shift_grid`` reads each setting once (memory-mapped, only its severity's rows),
+adapts one working copy in place and restores the source statistics, and scores in cache-sized
+batches with channels-last convs. Both use momentum 0.1 (the authors' exponential average, batch
+128 in data order) and the same per-image augmentation, so the numbers must agree; the script
+checks them and prints the times.
 
     .venv/bin/python bench/adabn.py                 # representative subset (CPU-sized)
     .venv/bin/python bench/adabn.py --full          # all 15 corruptions × 5 severities × 3 arms
@@ -17,8 +29,10 @@ per-image augmentation, so the numbers must agree; the script checks them and pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,60 +40,86 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as trn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from probelib._util import default_device, seed_everything  # noqa: E402
-from probelib.adabn import (ARMS, bn_layers, corrupt_on_the_fly, momentum_label, shift_grid,  # noqa: E402
-                            stratified_subset, train_augmentation)
-from probelib.corruptions import corruption_names  # noqa: E402
+from probelib.adabn import (ARMS, bn_layers, momentum_label, shift_grid, stratified_subset,  # noqa: E402
+                            train_augmentation)
+from probelib.corruptions import corruption_names, to_uint8_images, write_corrupted  # noqa: E402
 from probelib.data import load_dataset  # noqa: E402
 from probelib.metrics import classification_metrics  # noqa: E402
 
 SUBSET = ["gaussian_noise", "shot_noise", "defocus_blur", "motion_blur", "fog", "contrast", "jpeg_compression"]
+SEVERITIES = (1, 2, 3, 4, 5)
 
 
-class StoredImages(Dataset):
-    """uint8 N×H×W×C images converted one at a time (ToTensor), optionally augmented."""
+class CorruptionDataset(Dataset):
+    """As the authors' ``utils.CorruptionDataset``: load the whole ``<corruption>.npy``, keep one
+    severity's block; items converted one at a time (``ToTensor``), optionally augmented."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, augment_seed: int | None = None,
+    def __init__(self, folder: Path, corruption: str, severity: int, augment_seed: int | None = None,
                  flip: bool = False):
-        self.images, self.labels, self.augment_seed, self.flip = images, labels, augment_seed, flip
+        labels = np.load(folder / "labels.npy")
+        data = np.load(folder / f"{corruption}.npy")
+        n = len(data) // len(SEVERITIES)
+        self.data = data[n * (severity - 1):n * severity]
+        self.labels = labels[n * (severity - 1):n * severity] if len(labels) == len(data) else labels
+        self.augment_seed, self.flip, self.to_tensor = augment_seed, flip, trn.ToTensor()
 
     def __len__(self) -> int:
-        return len(self.images)
+        return self.data.shape[0]
 
     def __getitem__(self, i: int):
-        x = torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1).float().div(255)
+        x = self.to_tensor(self.data[i].astype(np.uint8))
         if self.augment_seed is not None:
             x = train_augmentation(x[None], self.augment_seed, start=i, flip=self.flip)[0]
         return x, int(self.labels[i])
 
 
-def reference_grid(source, sets, arms, momentum, batch_size, device, seed, flip):
+def reference_grid(source, folder, corruptions, severities, arms, momentum, batch_size, device, seed, flip,
+                   grad_scoring=True):
+    def loader(dataset):
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
+
+    source = copy.deepcopy(source).to(device, memory_format=torch.contiguous_format).eval()
     rows = []
-    for (c, s), (images, labels) in sets.items():
-        for arm in arms:
-            # the layout a model has when built or loaded from a checkpoint (the original scripts
-            # never change it); a freshly trained probelib model is left channels-last in memory
-            model = copy.deepcopy(source).to(device, memory_format=torch.contiguous_format)
-            model.eval()
-            if arm != "source":
-                for _, bn in bn_layers(model):
-                    bn.momentum = momentum
-                    bn.train()
-                stats_set = StoredImages(images, labels, seed if arm == "adabn+aug" else None, flip)
-                with torch.no_grad():
-                    for x, _ in DataLoader(stats_set, batch_size=batch_size, shuffle=False):
-                        model(x.to(device))
-                model.eval()
-            logits = []
-            with torch.no_grad():
-                for x, _ in DataLoader(StoredImages(images, labels), batch_size=batch_size, shuffle=False):
-                    logits.append(model(x.to(device)).cpu())
-            rows.append({"corruption": c, "severity": s, "arm": arm,
-                         **classification_metrics(torch.cat(logits), labels), "n": len(labels)})
+    for c in corruptions:
+        for s in severities:
+            for arm in arms:
+                val_loader = loader(CorruptionDataset(folder, c, s))
+                if arm == "source":
+                    model = source
+                else:  # update_bn_stats: deep copy, BN layers in train mode, one pass without gradients
+                    bn_loader = (loader(CorruptionDataset(folder, c, s, seed, flip)) if arm == "adabn+aug"
+                                 else val_loader)
+                    model = copy.deepcopy(source)
+                    for _, bn in bn_layers(model):
+                        bn.momentum = momentum
+                        bn.train()
+                    with torch.no_grad():
+                        for x, _ in bn_loader:
+                            model(x.to(device))
+                    model.eval()
+                logits, labels = [], []
+                with contextlib.nullcontext() if grad_scoring else torch.no_grad():
+                    for x, y in val_loader:  # get_acc_conf_ce
+                        logits.append(model(x.to(device)).detach().cpu())
+                        labels.append(y)
+                rows.append({"corruption": c, "severity": s, "arm": arm,
+                             **classification_metrics(torch.cat(logits), torch.cat(labels)),
+                             "n": len(val_loader.dataset)})
     return pd.DataFrame(rows)
+
+
+def compare(ref: pd.DataFrame, fast: pd.DataFrame) -> tuple[dict, bool]:
+    keys = ["corruption", "severity", "arm"]
+    both = ref.merge(fast, on=keys, suffixes=("_ref", "_fast"))
+    assert len(both) == len(ref) == len(fast), "the two grids hold different settings"
+    diffs = {m: float((both[f"{m}_ref"] - both[f"{m}_fast"]).abs().max())
+             for m in ("accuracy", "confidence", "rms_calibration", "ece")}
+    return diffs, bool((both["accuracy_ref"] == both["accuracy_fast"]).all())
 
 
 def main() -> None:
@@ -111,48 +151,41 @@ def main() -> None:
     test = load_dataset("mnist5k").test
     x, y = stratified_subset(test.x, test.y, args.n)  # the test split is sorted by class: x[:n] would be a label shift
     corruptions = corruption_names() if args.full else SUBSET
-    severities = [1, 2, 3, 4, 5] if args.full else [1, 3, 5]
-    load = corrupt_on_the_fly(x, y)
-    print(f"preparing {len(corruptions)}×{len(severities)} corrupted sets of {len(y)} images (not timed) ...")
-    sets = {}
-    for c in corruptions:
-        for s in severities:
-            xc, _ = load(c, s)
-            sets[(c, s)] = ((xc * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy(), y.numpy())
-    decoded = {k: (torch.from_numpy(v[0]).permute(0, 3, 1, 2).float().div(255), torch.from_numpy(v[1]))
-               for k, v in sets.items()}
+    severities = list(SEVERITIES) if args.full else [1, 3, 5]
     flip = x.shape[1] != 1  # grey digits: crop only
+    with tempfile.TemporaryDirectory(prefix="bench-adabn-") as tmp:
+        folder = Path(tmp) / "mnist5k-subset-c"
+        print(f"writing {len(corruptions)} corruptions × 5 severities of {len(y)} images in the CIFAR-10-C "
+              f"layout (not timed) ...")
+        write_corrupted(to_uint8_images(x), y.numpy(), folder, corruptions, progress=False)
 
-    t = time.perf_counter()
-    ref = reference_grid(model, sets, ARMS, args.momentum, args.batch_size, device, 0, flip)
-    t_ref = time.perf_counter() - t
+        times, grids = {}, {}
+        for name, grad in (("reference loop", True), ("reference, no_grad scoring", False)):
+            t = time.perf_counter()
+            grids[name] = reference_grid(model, folder, corruptions, severities, ARMS, args.momentum,
+                                         args.batch_size, device, 0, flip, grad_scoring=grad)
+            times[name] = time.perf_counter() - t
+        t = time.perf_counter()
+        fast = shift_grid(model, folder, corruptions, severities, ARMS, momentum=args.momentum,
+                          augment="crop+flip" if flip else "crop", batch_size=args.batch_size, device=device,
+                          seed=0)
+        times["probelib shift_grid"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    fast = shift_grid(model, lambda c, s: decoded[(c, s)], corruptions, severities, ARMS,
-                      momentum=args.momentum, augment="crop+flip" if flip else "crop",
-                      batch_size=args.batch_size, device=device, seed=0)
-    t_fast = time.perf_counter() - t
-
-    keys = ["corruption", "severity", "arm"]
-    both = ref.merge(fast, on=keys, suffixes=("_ref", "_fast"))
-    assert len(both) == len(ref) == len(fast), "the two grids hold different settings"
-    diffs = {m: float((both[f"{m}_ref"] - both[f"{m}_fast"]).abs().max())
-             for m in ("accuracy", "confidence", "rms_calibration", "ece")}
-    identical_acc = bool((both["accuracy_ref"] == both["accuracy_fast"]).all())
-
-    settings = len(ref)
+    checks = {name: compare(g, fast) for name, g in grids.items()}
+    settings = len(fast)
     print(f"\nmodel: {label}; device {device}; {len(corruptions)} corruptions × {len(severities)} severities × "
           f"{len(ARMS)} arms = {settings} settings of {len(y)} images; statistics {momentum_label(args.momentum)}, "
           f"statistics batch {args.batch_size}")
     print(fast.pivot_table(index="arm", values=["accuracy", "confidence", "rms_calibration"]).round(4))
-    print(f"\nmax |reference − probelib| per metric: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
-    print(f"accuracy identical in every setting: {identical_acc}")
-    print(f"\n{'path':<28}{'seconds':>10}{'s/setting':>12}")
-    print(f"{'reference loop':<28}{t_ref:>10.2f}{t_ref / settings:>12.3f}")
-    print(f"{'probelib shift_grid':<28}{t_fast:>10.2f}{t_fast / settings:>12.3f}")
-    if not identical_acc or max(diffs.values()) > 1e-5:
-        raise SystemExit("the two paths disagree beyond float rounding: see the differences above")
-    print(f"speed-up vs reference loop: {t_ref / t_fast:.2f}")
+    for name, (diffs, identical) in checks.items():
+        print(f"\nmax |{name} − probelib| per metric: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
+              + f"; accuracy identical in every setting: {identical}")
+    print(f"\n{'path':<30}{'seconds':>10}{'s/setting':>12}{'ratio':>8}")
+    for name, t in times.items():
+        print(f"{name:<30}{t:>10.2f}{t / settings:>12.3f}{t / times['probelib shift_grid']:>8.2f}")
+    if any(not identical or max(diffs.values()) > 1e-5 for diffs, identical in checks.values()):
+        raise SystemExit("the paths disagree beyond float rounding: see the differences above")
+    print(f"speed-up vs reference loop: {times['reference loop'] / times['probelib shift_grid']:.2f}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -41,7 +42,7 @@ __all__ = ["bn_layers", "exclude_last", "exclude_first", "resolve_layers", "trai
            "adapt_bn", "adapt_bn_", "adapted", "preserved_bn_statistics", "bn_statistics",
            "bn_statistics_shift", "ARMS", "DEFAULT_CORRUPTIONS", "momentum_label", "evaluate_arms",
            "arm_logits", "stratified_subset", "load_shifted", "corrupt_on_the_fly", "shift_grid",
-           "adabn_gains", "grid_verdicts", "label_shift",
+           "adabn_gains", "paired_gains", "grid_verdicts", "label_shift",
            "label_shift_verdicts", "add_border", "black_border_study", "border_verdicts",
            "bn_statistics_comparison", "ncg_under_adabn", "ncg_verdicts"]
 
@@ -521,16 +522,36 @@ def _eval_batch(eval_batch_size: int | None, device: torch.device) -> int:
 def evaluate_arms(work: nn.Module, x: torch.Tensor, y: torch.Tensor, arms: Sequence[str] = ARMS,
                   momentum: float | None = None, layers=None, augment="auto", batch_size: int | None = None,
                   eval_batch_size: int | None = None, layerwise: bool = True, seed: int = 0,
-                  device=None) -> list[dict]:
+                  device=None, source_correct: torch.Tensor | None = None) -> list[dict]:
     """Score ``work`` on ``(x, y)`` under each arm, adapting in place and restoring the source
-    statistics after each (``work`` ends as it started). One dict of metrics per arm."""
+    statistics after each (``work`` ends as it started). One dict of metrics per arm.
+
+    Each adapted arm's dict also compares it, image by image, with the source arm on the same
+    images: ``gained`` (right only when adapted), ``lost`` (right only with the source statistics)
+    and McNemar's two-sided ``p_value`` (:func:`probelib.ncg.mcnemar_counts`). The source
+    predictions come from the ``source`` arm when it is among ``arms``, else from
+    ``source_correct`` (a bool per image) if given; without either there is no comparison.
+    """
     from probelib.metrics import classification_metrics
+    from probelib.ncg import mcnemar
     if len(x) == 0:
         raise ValueError("no images to evaluate (empty set)")
-    return [{"arm": arm, **classification_metrics(
-                arm_logits(work, x, arm, momentum, layers, augment, batch_size, eval_batch_size, layerwise,
-                           seed, device), y), "n": len(y)}
-            for arm in _check_arms(arms)]
+    y = torch.as_tensor(y)
+    rows, correct = [], {}
+    for arm in _check_arms(arms):
+        logits = arm_logits(work, x, arm, momentum, layers, augment, batch_size, eval_batch_size, layerwise,
+                            seed, device)
+        correct[arm] = (logits.argmax(1) == y).numpy()
+        rows.append({"arm": arm, **classification_metrics(logits, y), "n": len(y)})
+    reference = correct.get("source")
+    if reference is None and source_correct is not None:
+        reference = torch.as_tensor(source_correct).cpu().numpy()
+    if reference is not None:
+        for row in rows:
+            if row["arm"] != "source":
+                test = mcnemar(reference, correct[row["arm"]])
+                row.update(gained=test["c"], lost=test["b"], p_value=test["p"])
+    return rows
 
 
 def arm_logits(work: nn.Module, x: torch.Tensor, arm: str = "adabn", momentum: float | None = None,
@@ -566,13 +587,13 @@ def _as_pair(data) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _corrupted_source(corrupted) -> Callable[[str, int], tuple[torch.Tensor, torch.Tensor]]:
-    if isinstance(corrupted, str):
+    if isinstance(corrupted, (str, os.PathLike)):
         from probelib.corruptions import load_corrupted
         return lambda c, s: _as_pair(load_corrupted(corrupted, c, s))
     if callable(corrupted):
         return lambda c, s: _as_pair(corrupted(c, s))
-    raise TypeError("corrupted must be a corrupted-set name such as 'mnist5k-c' or a callable "
-                    f"(corruption, severity) -> (x, y), got {type(corrupted).__name__}")
+    raise TypeError("corrupted must be a corrupted-set name such as 'mnist5k-c', the path of a folder in a "
+                    f"'-C' layout, or a callable (corruption, severity) -> (x, y), got {type(corrupted).__name__}")
 
 
 def stratified_subset(x: torch.Tensor, y: torch.Tensor, n_images: int | None, seed: int = 0
@@ -636,8 +657,9 @@ def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT
     Args:
         model: the source model (never modified; a working copy is adapted in place and
             restored after every setting).
-        corrupted: a corrupted-set name (``"mnist5k-c"``, read with
-            ``probelib.corruptions.load_corrupted``) or a callable (corruption, severity) -> (x, y).
+        corrupted: a corrupted-set name (``"mnist5k-c"``) or the path of a folder in a "-C" layout
+            (both read with ``probelib.corruptions.load_corrupted``), or a callable
+            (corruption, severity) -> (x, y).
         clean: optional clean test set ``(x, y)``, reported as corruption ``"clean"``, severity 0.
         extra: optional ``{name: (x, y)}`` of other shifted sets (ImageNet-v2, Stylized-ImageNet).
         momentum, augment, batch_size, layerwise, seed: as :func:`adapt_bn` (``augment`` is the
@@ -648,7 +670,9 @@ def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT
             seeded subset each time (:func:`stratified_subset`); None = all.
 
     Returns one row per (corruption, severity, arm): accuracy, confidence, rms_calibration,
-    ece, n, and ``momentum`` naming the statistics estimate.
+    ece, n, ``momentum`` naming the statistics estimate and, for the adapted arms when ``source``
+    is among ``arms``, ``gained`` / ``lost`` / ``p_value`` (McNemar against source, see
+    :func:`evaluate_arms`).
     """
     from tqdm.auto import tqdm
     arms = _check_arms(arms)
@@ -693,21 +717,64 @@ def _is_group(name: str, group: str) -> bool:
     return corruption_group(name) == group if name in CORRUPTIONS else name.endswith("_" + group)
 
 
-def grid_verdicts(grid: pd.DataFrame) -> list[str]:
-    """Verdict lines on the shift grid: does AdaBN help on noise and blur, and where does it hurt."""
+def paired_gains(grid: pd.DataFrame, arm: str = "adabn", by: str = "corruption") -> pd.DataFrame:
+    """Per ``by`` (default corruption, its severities pooled): mean accuracy gain of ``arm`` over
+    ``source`` and McNemar's test on the pooled per-image counts — ``gained`` (right only when
+    adapted), ``lost`` (right only with the source statistics), ``p_value``. Pooling treats the same
+    image at different severities as separate pairs, as :func:`ncg_under_adabn` does."""
+    from probelib.ncg import mcnemar_counts
+    sub = grid[grid["arm"] == arm]
+    if sub.empty:
+        raise ValueError(f"the grid has no {arm!r} arm; it has {sorted(set(grid['arm']))}")
+    if not {"gained", "lost"} <= set(sub.columns) or sub[["gained", "lost"]].isna().any().any():
+        raise ValueError("the grid has no per-image counts against the source arm (columns gained/lost): "
+                         "compute it with shift_grid with 'source' among the arms")
+    counts = sub.groupby(by)[["gained", "lost"]].sum().astype(int)
+    out = adabn_gains(grid, by=by)[[arm]].rename(columns={arm: "gain"}).join(counts)
+    out["p_value"] = [mcnemar_counts(r.lost, r.gained)["p"] for r in out.itertuples()]
+    return out
+
+
+def _significant(table: pd.DataFrame, alpha: float) -> tuple[list[str], list[str]]:
+    sig = table[table["p_value"] < alpha]
+    return (list(sig.index[sig["gained"] > sig["lost"]]), list(sig.index[sig["gained"] < sig["lost"]]))
+
+
+def _named(names: list[str]) -> str:
+    return ": " + ", ".join(names) if names else ""
+
+
+def grid_verdicts(grid: pd.DataFrame, alpha: float = 0.05) -> list[str]:
+    """Verdict lines on the shift grid: does AdaBN help on noise and blur, and where does it hurt.
+
+    Per corruption (severities pooled) McNemar's test of the ``adabn`` arm against ``source``
+    (:func:`paired_gains`). A group's verdict is YES when its mean gain is positive and more of its
+    corruptions gain significantly than lose, NOT SIGNIFICANT when none changes significantly at
+    ``alpha``, NO otherwise."""
     lines = []
     label = grid["momentum"].iloc[0] if "momentum" in grid else "?"
-    gains = adabn_gains(grid[grid["corruption"] != "clean"])
-    arm = "adabn" if "adabn" in gains else gains.columns[0]
+    shifted = grid[grid["corruption"] != "clean"]
+    arm = "adabn" if "adabn" in set(shifted["arm"]) else "adabn+aug"
+    table = paired_gains(shifted, arm)
     for group in ("noise", "blur"):
-        sel = gains[[_is_group(c, group) for c in gains.index]]
-        if len(sel):
-            g = sel[arm].mean()
-            lines.append(f"AdaBN helps on {group} (mean accuracy gain of {arm} over source, momentum "
-                         f"{label}): {'YES' if g > 0 else 'NO'} ({g:+.3f} over {len(sel)} corruptions)")
-    hurt = gains[gains[arm] < 0][arm].sort_values()
-    names = ", ".join(f"{c} ({v:+.3f})" for c, v in hurt.items()) or "none"
-    lines.append(f"corruptions where {arm} hurts accuracy (momentum {label}): {names}")
+        sel = table[[_is_group(c, group) for c in table.index]]
+        if not len(sel):
+            continue
+        g = sel["gain"].mean()
+        up, down = _significant(sel, alpha)
+        verdict = ("NOT SIGNIFICANT" if not up and not down
+                   else "YES" if g > 0 and len(up) > len(down) else "NO")
+        lines.append(f"AdaBN helps on {group} ({arm} vs source, momentum {label}): {verdict} (mean accuracy "
+                     f"gain {g:+.3f} over {len(sel)} corruption{'s' * (len(sel) != 1)}; significant gain on {len(up)}/{len(sel)}"
+                     f"{_named(up)}; significant loss on {len(down)}{_named(down)}; McNemar p < {alpha}, "
+                     f"severities pooled)")
+    _, down = _significant(table, alpha)
+    names = ", ".join(f"{c} ({table.loc[c, 'gain']:+.3f}, p={table.loc[c, 'p_value']:.2g})"
+                      for c in table.loc[down].sort_values("gain").index) or "none"
+    others = int(((table["gain"] < 0) & ~table.index.isin(down)).sum())
+    lines.append(f"corruptions where {arm} significantly hurts accuracy (McNemar p < {alpha}, severities pooled; "
+                 f"momentum {label}): {names}" + (f"; {others} more with a negative, not significant mean gain"
+                                                  if others else ""))
     return lines
 
 
@@ -721,7 +788,8 @@ def label_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ks: Sequence
     ``m`` BN layers unadapted; ``m`` is capped at the number of BN layers and duplicates dropped.
 
     Returns one row per (exclude, m, k): ``accuracy`` (adapted), ``source_accuracy``, ``gain``,
-    confidence and calibration of the adapted model, ``n`` and ``momentum``.
+    confidence and calibration of the adapted model, ``gained`` / ``lost`` / ``p_value`` (McNemar
+    against the source model on the same images, as :func:`evaluate_arms`), ``n`` and ``momentum``.
     """
     from probelib.metrics import accuracy, predict
     _check_arms([arm])
@@ -747,13 +815,15 @@ def label_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ks: Sequence
             for k in ks:
                 keep = y < k
                 xk, yk = x[keep].to(device), y[keep]
+                src_correct = source_logits[keep].argmax(1) == yk
                 (r,) = evaluate_arms(work, xk, yk, [arm], momentum, selector(m), augment, batch_size,
-                                     eval_batch_size, layerwise, seed, device)
+                                     eval_batch_size, layerwise, seed, device, source_correct=src_correct)
                 src = accuracy(source_logits[keep], yk)
                 rows.append({"exclude": e, "m": m, "k": int(k), "arm": arm, "accuracy": r["accuracy"],
                              "source_accuracy": src, "gain": r["accuracy"] - src,
                              "confidence": r["confidence"], "rms_calibration": r["rms_calibration"],
-                             "ece": r["ece"], "n": r["n"], "n_bn_layers": n_bn})
+                             "ece": r["ece"], "gained": r["gained"], "lost": r["lost"],
+                             "p_value": r["p_value"], "n": r["n"], "n_bn_layers": n_bn})
     df = pd.DataFrame(rows)
     df["momentum"] = momentum_label(momentum)
     return df
@@ -766,8 +836,9 @@ def label_shift_verdicts(table: pd.DataFrame) -> list[str]:
     if len(full) >= 2:
         fewest, most = full.iloc[0], full.iloc[-1]
         ok = fewest["gain"] < most["gain"]
+        p = f", McNemar p={fewest['p_value']:.2g}" if "p_value" in fewest else ""
         lines.append(f"AdaBN hurts more the fewer classes (all layers adapted, momentum {label}): "
-                     f"{'YES' if ok else 'NO'} (gain {fewest['gain']:+.3f} at k={fewest['k']} vs "
+                     f"{'YES' if ok else 'NO'} (gain {fewest['gain']:+.3f} at k={fewest['k']}{p} vs "
                      f"{most['gain']:+.3f} at k={most['k']})")
     last = table[table["exclude"] == "last"]
     if last["m"].nunique() >= 2:
@@ -801,7 +872,8 @@ def black_border_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                        device=None) -> pd.DataFrame:
     """The black-border shift (zero fill) and, for dark-background data such as MNIST, a white
     border (fill 1), each under the three arms; ``none`` is the unbordered set for reference.
-    In ``adabn+aug`` the statistics pass applies crop(+flip) after the border."""
+    In ``adabn+aug`` the statistics pass applies crop(+flip) after the border. Rows as
+    :func:`evaluate_arms` (with ``gained`` / ``lost`` / ``p_value`` against source) plus ``border``."""
     fills = {"none": None, "black": 0.0, "white": 1.0}
     for b in borders:
         if b not in fills:
@@ -819,19 +891,26 @@ def black_border_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return df
 
 
-def border_verdicts(table: pd.DataFrame, arm: str = "adabn") -> list[str]:
-    """Verdicts for the border study, saying plainly where the paper's direction (AdaBN hurts) fails."""
+def border_verdicts(table: pd.DataFrame, arm: str = "adabn", alpha: float = 0.05) -> list[str]:
+    """Verdicts for the border study: does ``arm`` lose accuracy against ``source`` on each border
+    (McNemar's paired test at ``alpha``)? Says plainly where the paper's direction (AdaBN degrades
+    accuracy) is not found: a significant gain, or no significant change."""
     lines, label = [], table["momentum"].iloc[0]
-    acc = table.pivot_table(index="border", columns="arm", values="accuracy")
+    rows = table.set_index(["border", "arm"])
     for b in ("black", "white"):
-        if b in acc.index and arm in acc and "source" in acc:
-            d = acc.loc[b, arm] - acc.loc[b, "source"]
-            hurts = d < 0
-            text = (f"AdaBN hurts on the {b} border (momentum {label}): {'YES' if hurts else 'NO'} "
-                    f"(accuracy {acc.loc[b, 'source']:.3f} -> {acc.loc[b, arm]:.3f}, {d:+.3f})")
-            if not hurts:
-                text += " — this direction differs from the paper's (AdaBN degrades accuracy there)"
-            lines.append(text)
+        if (b, arm) not in rows.index or (b, "source") not in rows.index:
+            continue
+        src, ada = rows.loc[(b, "source")], rows.loc[(b, arm)]
+        d, p = ada["accuracy"] - src["accuracy"], ada["p_value"]
+        verdict = "NOT SIGNIFICANT" if not p < alpha else "YES" if d < 0 else "NO"
+        text = (f"AdaBN hurts on the {b} border ({arm} vs source, momentum {label}): {verdict} (accuracy "
+                f"{src['accuracy']:.3f} -> {ada['accuracy']:.3f}, {d:+.3f}; {int(ada['lost'])} images lost, "
+                f"{int(ada['gained'])} gained, McNemar p={p:.2g})")
+        if verdict == "NO":
+            text += " — this direction differs from the paper's (AdaBN degrades accuracy there)"
+        elif verdict == "NOT SIGNIFICANT":
+            text += f" — the paper's degradation is not found here (p >= {alpha})"
+        lines.append(text)
     return lines
 
 

@@ -20,7 +20,7 @@ from scipy import stats
 
 from probelib.store import Store, default_store, fingerprint
 
-__all__ = ["agreement", "ncg", "bootstrap_ci", "chi_square_vs_chance", "mcnemar", "distance_bins",
+__all__ = ["agreement", "ncg", "bootstrap_ci", "chi_square_vs_chance", "mcnemar", "mcnemar_counts", "distance_bins",
            "pearson", "ncg_report", "predict_labels", "feature_splits", "ncg_inputs", "ncg_table",
            "robust_better_counts", "chi_square_table", "load_splits", "suite_inputs", "train_ncg_model",
            "held_out_datasets", "method_label", "compare_verdict", "chance_verdict", "stack_tables", "plot_distance_bins", "plot_neighbour_pairs",
@@ -107,7 +107,15 @@ def mcnemar(correct_a, correct_b, exact: bool | None = None) -> dict:
     b_ = np.asarray(correct_b).astype(bool).reshape(-1)
     if len(a) != len(b_):
         raise ValueError(f"correct_a and correct_b must be paired (same points): lengths {len(a)} vs {len(b_)}")
-    b, c = int((a & ~b_).sum()), int((~a & b_).sum())
+    return mcnemar_counts(int((a & ~b_).sum()), int((~a & b_).sum()), exact)
+
+
+def mcnemar_counts(b: int, c: int, exact: bool | None = None) -> dict:
+    """McNemar's test from the two discordant counts (as :func:`mcnemar`): ``b`` points only the
+    first outcome got right, ``c`` only the second."""
+    if int(b) != b or int(c) != c or b < 0 or c < 0:
+        raise ValueError(f"discordant counts must be non-negative integers, got b={b!r}, c={c!r}")
+    b, c = int(b), int(c)
     n = b + c
     if exact is None:
         exact = n < 25

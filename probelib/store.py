@@ -25,18 +25,53 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["atomic_write", "fingerprint", "file_sha256", "Store", "default_store"]
+__all__ = ["atomic_write", "remove_stale_temporaries", "fingerprint", "file_sha256", "Store", "default_store"]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or cannot tell: keep its files
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, prefix: str, suffix: str) -> list[Path]:
+    """Delete ``<folder>/<prefix><pid>.*<suffix>`` files whose writer ``pid`` is no longer running
+    (left by a process killed mid-write; never read, only swept here). Files of live writers and
+    names without a pid stay. Returns the paths removed."""
+    removed = []
+    if os.name != "posix":
+        return removed
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for f in folder.iterdir():
+        name = f.name
+        if not (name.startswith(prefix) and name.endswith(suffix)):
+            continue
+        pid = name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    return removed
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
 
-    An exception (or a kill) leaves ``path`` as it was: never a half-written file.
+    An exception (or a kill) leaves ``path`` as it was: never a half-written file. The temporary
+    name (``.<name>.<pid>.<random>.tmp``) carries the writer's pid, so the temporaries of a killed
+    writer are deleted by the next write of the same file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix = f".{path.name}."
+    remove_stale_temporaries(path.parent, prefix, ".tmp")
+    fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:

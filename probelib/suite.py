@@ -358,7 +358,10 @@ def execute_notebook(notebook: Notebook, output: Path, parameters: Mapping[str, 
     """
     import papermill
 
+    from probelib.store import remove_stale_temporaries
+
     output.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output.parent, f".{output.stem}.", ".partial.ipynb")  # of a killed earlier run
     partial = output.with_name(f".{output.stem}.{os.getpid()}.partial.ipynb")
     try:
         papermill.execute_notebook(

@@ -2,6 +2,7 @@
 
 import copy
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -197,7 +198,7 @@ def test_inputs_uint8_dataset_loader_and_readout():
 # ----------------------------------------------------------------------------- studies
 from probelib.adabn import (adabn_gains, add_border, black_border_study, border_verdicts,  # noqa: E402
                             bn_statistics_comparison, grid_verdicts, label_shift, label_shift_verdicts,
-                            corrupt_on_the_fly, ncg_under_adabn, shift_grid)
+                            corrupt_on_the_fly, ncg_under_adabn, paired_gains, shift_grid)
 from probelib.metrics import classification_metrics, predict  # noqa: E402
 
 
@@ -232,6 +233,11 @@ def test_shift_grid_matches_direct_adaptation_and_keeps_source():
         assert row.loc["adabn+aug", key] == pytest.approx(direct_aug[key], abs=1e-6)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
+    src_ok = predict(model, xc, desc=None).argmax(1) == yc
+    ada_ok = predict(adapt_bn(model, xc, momentum=None), xc, desc=None).argmax(1) == yc
+    assert row.loc["adabn", "gained"] == int((ada_ok & ~src_ok).sum())
+    assert row.loc["adabn", "lost"] == int((src_ok & ~ada_ok).sum())
+    assert 0 < row.loc["adabn", "p_value"] <= 1 and pd.isna(row.loc["source", "p_value"])
     gains = adabn_gains(grid[grid.corruption != "clean"])
     assert list(gains.index) == ["box_blur", "gaussian_noise"]
     lines = grid_verdicts(grid)
@@ -240,6 +246,45 @@ def test_shift_grid_matches_direct_adaptation_and_keeps_source():
         shift_grid(model, load, ["box_blur"], [1], arms=["sauce"])
     with pytest.raises(ValueError, match="severities"):
         shift_grid(model, load, ["box_blur"], [7])
+
+
+def _grid_row(corruption, severity, arm, accuracy, gained=None, lost=None, n=200):
+    row = {"corruption": corruption, "severity": severity, "arm": arm, "accuracy": accuracy, "n": n,
+           "momentum": "None (exact average)"}
+    if arm != "source":
+        from probelib.ncg import mcnemar_counts
+        row.update(gained=gained, lost=lost, p_value=mcnemar_counts(lost, gained)["p"])
+    return row
+
+
+def test_verdicts_need_significance():
+    # per corruption (two severities pooled): gaussian_noise gains 40 vs 4 lost (significant),
+    # shot_noise 6 vs 5 (not), defocus_blur 5 vs 6 (not), fog loses 30 vs 3 (significant)
+    counts = {"gaussian_noise": (20, 2), "shot_noise": (3, 2), "defocus_blur": (2, 3), "fog": (3, 15)}
+    rows = []
+    for c, (g, l) in counts.items():
+        for s in (1, 2):
+            rows += [_grid_row(c, s, "source", 0.5), _grid_row(c, s, "adabn", 0.5 + (g - l) / 200, g, l)]
+    grid = pd.DataFrame(rows)
+    table = paired_gains(grid)
+    assert (table.loc["fog", "gained"], table.loc["fog", "lost"]) == (6, 30)
+    assert table.loc["fog", "gain"] == pytest.approx(-12 / 200)
+    noise, blur, hurt = grid_verdicts(grid)
+    assert ": YES (" in noise and "significant gain on 1/2: gaussian_noise" in noise
+    assert ": NOT SIGNIFICANT (" in blur
+    assert "fog (-0.060" in hurt and "defocus_blur" not in hurt.split(";")[0] and "1 more" in hurt
+    with pytest.raises(ValueError, match="gained/lost"):
+        paired_gains(grid.drop(columns=["gained", "lost"]))
+
+    border = pd.DataFrame([_grid_row("x", 0, "source", 0.9), _grid_row("x", 0, "adabn", 0.8, 2, 22),
+                           _grid_row("x", 0, "source", 0.9), _grid_row("x", 0, "adabn", 0.98, 18, 2),
+                           _grid_row("x", 0, "source", 0.9), _grid_row("x", 0, "adabn", 0.9, 3, 3)])
+    border["border"] = ["black"] * 2 + ["white"] * 2 + ["none"] * 2
+    black, white = border_verdicts(border)
+    assert ": YES (" in black and "20 images lost" not in black and "22 images lost, 2 gained" in black
+    assert ": NO (" in white and "differs from the paper" in white
+    border.loc[3, ["gained", "lost", "p_value"]] = [4, 2, 0.69]
+    assert ": NOT SIGNIFICANT (" in border_verdicts(border)[1]
 
 
 def test_label_shift_caps_m_and_rejects_empty_class_subset():
@@ -252,6 +297,8 @@ def test_label_shift_caps_m_and_rejects_empty_class_subset():
     keep = y < 3
     direct = predict(adapt_bn(model, x[keep], augment="auto"), x[keep], desc=None).argmax(1)
     assert r["accuracy"] == pytest.approx((direct == y[keep]).float().mean().item())
+    src = predict(model, x[keep], desc=None).argmax(1) == y[keep]
+    assert r["gained"] == int(((direct == y[keep]) & ~src).sum()) and r["lost"] == int((src & (direct != y[keep])).sum())
     full = table[(table.m == 3)]                               # nothing adapted: no change
     assert (full["gain"].abs() < 1e-12).all()
     assert len(label_shift_verdicts(table)) == 2
@@ -304,6 +351,19 @@ def test_corrupt_on_the_fly_matches_corruptions_module():
     direct = torch.from_numpy(corrupt(u8, "gaussian_noise", 3, 0).reshape(u8.shape)).permute(0, 3, 1, 2)
     assert torch.equal((xc * 255).round().to(torch.uint8), direct) and torch.equal(yc, y)
     assert xc.shape == x.shape and xc.dtype == torch.float32
+
+
+def test_shift_grid_reads_a_folder_in_the_cifar10c_layout(tmp_path):
+    from probelib.corruptions import to_uint8_images, write_corrupted
+    model, x = tiny_bn_cnn(), data(n=24)
+    x = (x * 255).round() / 255
+    y = torch.arange(24) % 5
+    folder = write_corrupted(to_uint8_images(x), y.numpy(), tmp_path / "tiny-c", ["gaussian_noise"], progress=False)
+    kwargs = dict(corruptions=["gaussian_noise"], severities=[2, 4], momentum=0.1, batch_size=8, device="cpu")
+    from_disk = shift_grid(model, folder, **kwargs)
+    on_the_fly = shift_grid(model, corrupt_on_the_fly(x, y), **kwargs)
+    pd.testing.assert_frame_equal(from_disk, on_the_fly)
+    assert shift_grid(model, str(folder), **kwargs).equals(from_disk)
 
 
 def test_one_pass_exact_statistics_equal_truncated_passes_and_arm_logits():

@@ -249,6 +249,36 @@ def test_killed_notebook_run_leaves_the_previous_output_untouched(tmp_path):
             _end_process(int(kernel_pid.read_text()))
     assert output.read_text() == "the previous run's executed notebook"
     assert [p.name for p in output.parent.iterdir() if not p.name.startswith(".")] == ["01_slow.ipynb"]
+    # the killed run's in-progress copy is swept by the next run of the same notebook
+    nb.cells = [nbformat.v4.new_code_cell("1 + 1")]
+    nbformat.write(nb, str(source))
+    from probelib.suite import Notebook, execute_notebook
+    execute_notebook(Notebook(1, "slow", source), output, {}, cwd=tmp_path, env={})
+    assert not list(output.parent.glob(".*partial*"))
+    assert nbformat.read(str(output), as_version=4).cells[0].outputs[0]["data"]["text/plain"] == "2"
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_temporaries_of_a_killed_writer_are_swept_by_the_next_write(tmp_path):
+    from probelib.store import atomic_write, write_text_atomic
+    target = tmp_path / "table.csv"
+    stale = tmp_path / f".table.csv.{_dead_pid()}.k3j1.tmp"          # a writer killed mid-write
+    live = tmp_path / f".table.csv.{os.getppid()}.x9a2.tmp"            # a writer still running
+    other = tmp_path / f".other.csv.{_dead_pid()}.abcd.tmp"            # another file's: its own write sweeps it
+    for f in (stale, live, other):
+        f.write_text("half")
+    with atomic_write(target) as tmp:
+        assert tmp.name.startswith(f".table.csv.{os.getpid()}.") and not stale.exists()
+        tmp.write_text("a,b\n")
+    assert target.read_text() == "a,b\n" and live.exists() and other.exists()
+    write_text_atomic(tmp_path / "other.csv", "x")
+    assert not other.exists()
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(["table.csv", "other.csv", live.name])
 
 
 # ----------------------------------------------------------------------------- the audit

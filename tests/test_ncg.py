@@ -61,6 +61,9 @@ def test_mcnemar_exact_and_chi2():
     assert N.mcnemar(a, a)["p"] == 1.0
     with pytest.raises(ValueError, match="paired"):
         N.mcnemar(a, b[:-1])
+    assert N.mcnemar_counts(8, 1) == res and N.mcnemar_counts(30, 10) == res2
+    with pytest.raises(ValueError, match="non-negative"):
+        N.mcnemar_counts(-1, 3)
 
 
 def test_distance_bins_hand_computed():

@@ -1,6 +1,6 @@
 """Tests of probelib.corruptions: generator (shape, monotonicity, determinism, differential
 checks against plain per-image formulas), the -C readers on files in the real layouts, the
-writer/CLI, the embedded mnist5k-c and the two notebooks."""
+writer/CLI and the embedded mnist5k-c (notebooks 20 and 21: tests/test_notebooks.py)."""
 
 from __future__ import annotations
 
@@ -510,34 +510,6 @@ def test_setting_stats_and_aggregates():
     assert agg["settings"] == 10 and agg["diff_mean"] == pytest.approx(0.05 * 3) and agg["robust_higher"] == 10
     slopes = C.severity_slopes(df)
     assert slopes.set_index(["method", "corruption"]).loc[("natural", "fog"), "slope"] == pytest.approx(-0.4)
-
-
-# --------------------------------------------------------------------------- notebooks (papermill)
-def _run_notebook(name, repo_root, tmp_path, monkeypatch, data_root):
-    import papermill
-
-    monkeypatch.setenv("PROBELIB_DATA", str(data_root))
-    out = tmp_path / name
-    papermill.execute_notebook(str(repo_root / "notebooks" / name), str(out),
-                               parameters={"smoke": True, "results_dir": str(tmp_path / "results")},
-                               cwd=str(repo_root), progress_bar=False)
-    return out.read_text(), tmp_path / "results"
-
-
-def test_notebook_severity_gallery(repo_root, tmp_path, monkeypatch, data_root):
-    text, results = _run_notebook("21_severity_gallery.ipynb", repo_root, tmp_path, monkeypatch, data_root)
-    assert "VERDICT: mean change grows with severity" in text
-    assert (results / "figures" / "severity_gallery_mnist5kwo9.png").exists()
-    assert (results / "tables" / "severity_change_mnist5kwo9.csv").exists()
-
-
-def test_notebook_corrupted_ncg(repo_root, tmp_path, monkeypatch, data_root):
-    text, results = _run_notebook("20_corrupted_ncg.ipynb", repo_root, tmp_path, monkeypatch, data_root)
-    assert text.count("VERDICT: ") == 2 and "keeps NCG above natural" in text
-    import pandas as pd
-    table = pd.read_csv(results / "tables" / "corrupted_ncg_smoke-mnist5kwo9-c.csv")
-    assert len(table) == 3 * 2 * 5 and table["ncg"].between(0, 1).all() and (table["n"] == 60).all()
-    assert (results / "figures" / "corrupted_ncg_slopes_smoke-mnist5kwo9-c.png").exists()
 
 
 def test_corrupted_ncg_table_wo_variant_drops_and_relabels_the_held_out_class(tmp_path):

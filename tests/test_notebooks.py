@@ -4,7 +4,10 @@ Notebooks are discovered, so a new ``NN_name.ipynb`` is covered without editing 
 suite runs once per session through the runner itself (``probelib.suite.run_suite``), with
 ``results_dir`` in a temporary folder and one artifact store shared by all notebooks (so the
 smoke models ``00_precompute`` trains are reused by the later notebooks); each notebook then
-gets its own test result. ``-k`` selects notebooks: only the selected ones are executed.
+gets its own test result, and its outputs are checked: the files it must write under
+``results_dir`` and the verdicts it must print (``EXPECTED``; the smoke defaults are
+``mnist5kwo9`` for the NCG and corruption notebooks and ``mnist5k`` for AdaBN). ``-k`` selects
+notebooks: only the selected ones are executed.
 """
 
 from __future__ import annotations
@@ -12,12 +15,42 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from probelib.suite import DEFAULT_NOTEBOOKS, discover_notebooks, notebook_parameters, run_suite
 
 NOTEBOOKS = discover_notebooks(DEFAULT_NOTEBOOKS) if DEFAULT_NOTEBOOKS.is_dir() else []
 REQUIRED_PARAMETERS = {"dataset", "smoke", "device", "results_dir"}
+CHECKS = ("test_notebook_runs", "test_notebook_outputs")
+EXPECTED = {  # notebook -> (files under results_dir, phrases its verdict lines hold)
+    "00_precompute": (["tables/ncg_precompute_summary.csv"], ["NCG above chance (pixel", "NCG above chance (feature"]),
+    "01_pixel_ncg": (["tables/pixel_ncg.csv", "tables/pixel_ncg.tex", "tables/pixel_robust_better_counts.csv"],
+                     ["robust > natural NCG (pixel", "NCG above chance (pixel"]),
+    "02_feature_ncg": (["tables/feature_ncg.csv", "tables/feature_robust_better_counts.csv"],
+                       ["robust > natural NCG (feature", "mixup > natural NCG (feature"]),
+    "03_chi_square": (["tables/chi_square.csv"], ["NCG above chance (mnist5kwo9, pixel"]),
+    "04_ncg_distance_bins": (["tables/ncg_distance_bins.csv", "figures/fig5_ncg_distance_bins.png",
+                              "figures/fig5_ncg_distance_bins.pdf"], ["robust > natural NCG in most distance bins"]),
+    "05_neighbour_visualisation": (["figures/ood_nearest_neighbours.png", "tables/nn_distance_vs_ncg.csv",
+                                    "figures/nn_distance_vs_ncg.png"], ["Pearson r(mean NN distance, NCG)"]),
+    "10_robustness": (["tables/robustness_mnist5kwo9.csv", "figures/fig3_rob_histograms_mnist5kwo9.png"],
+                      ["robust radius far below the OOD distance for every method"]),
+    "20_corrupted_ncg": (["tables/corrupted_ncg_smoke-mnist5kwo9-c.csv",
+                          "figures/corrupted_ncg_slopes_smoke-mnist5kwo9-c.png"], ["keeps NCG above natural"]),
+    "21_severity_gallery": (["figures/severity_gallery_mnist5kwo9.png", "tables/severity_change_mnist5kwo9.csv"],
+                            ["mean change grows with severity"]),
+    "30_adabn_shift_grid": (["tables/adabn_shift_grid_mnist5k.csv", "tables/adabn_paired_gains_mnist5k.csv",
+                             "figures/adabn_gain_by_corruption_mnist5k.png"],
+                            ["AdaBN helps on noise", "AdaBN helps on blur", "significantly hurts accuracy"]),
+    "31_label_shift": (["tables/adabn_label_shift_mnist5k.csv", "figures/adabn_label_shift_gain_mnist5k.png"],
+                       ["AdaBN hurts more the fewer classes", "limits the damage"]),
+    "32_black_border": (["tables/adabn_black_border_mnist5k.csv", "figures/adabn_black_border_mnist5k.png"],
+                        ["hurts on the black border", "hurts on the white border"]),
+    "33_ncg_under_adabn": (["tables/adabn_ncg_mnist5k.csv", "figures/adabn_ncg_mnist5k.png"],
+                           ["moves predictions toward the nearest category"]),
+    "40_severity_explorer": (["tables/explorer_mnist5kwo9_natural_gaussian_noise3.csv"], ["explorer initial state"]),
+}
 
 
 def _selected_stems(session: pytest.Session) -> list[str]:
@@ -25,7 +58,7 @@ def _selected_stems(session: pytest.Session) -> list[str]:
     for item in session.items:
         callspec = getattr(item, "callspec", None)
         if item.module.__name__.endswith("test_notebooks") and callspec and "stem" in callspec.params \
-                and item.originalname == "test_notebook_runs":
+                and item.originalname in CHECKS:
             stems.append(callspec.params["stem"])
     return stems
 
@@ -66,3 +99,36 @@ def test_notebook_runs(stem, suite_run):
     assert not errors
     assert executed.metadata["papermill"]["parameters"]["smoke"] is True
     assert Path(suite_run.index_md).is_file() and f"notebooks/{stem}.ipynb" in suite_run.index_md.read_text()
+
+
+def _verdicts(executed_notebook: Path) -> list[str]:
+    nb = nbformat.read(str(executed_notebook), as_version=4)
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    return [line for line in text.splitlines() if line.startswith("VERDICT: ")]
+
+
+def test_every_notebook_has_expected_outputs():
+    assert sorted(EXPECTED) == sorted(nb.stem for nb in NOTEBOOKS), "list each notebook's outputs in EXPECTED"
+
+
+@pytest.mark.parametrize("stem", [nb.stem for nb in NOTEBOOKS])
+def test_notebook_outputs(stem, suite_run):
+    """The smoke run wrote the notebook's tables and figures and printed its verdicts."""
+    result = next(r for r in suite_run.results if r.notebook.stem == stem)
+    assert result.status == "ok", f"{stem} failed: {result.error}"
+    files, phrases = EXPECTED[stem]
+    missing = [f for f in files if not (suite_run.out / f).is_file() or not (suite_run.out / f).stat().st_size]
+    assert not missing, f"{stem} did not write {missing}"
+    verdicts = _verdicts(result.output)
+    for phrase in phrases:
+        assert any(phrase in v for v in verdicts), f"{stem}: no verdict says {phrase!r}: {verdicts}"
+    if stem == "10_robustness":  # NCG Fig. 3: radii below the OOD distances, fractions in [0, 1]
+        table = pd.read_csv(suite_run.out / files[0], index_col="method")
+        assert list(table.index) == ["natural", "trades", "at"]
+        assert (table["attacked"] >= 1).all() and (table["failed"] <= table["attacked"]).all()
+        assert ((table["mean radius"] > 0) & (table["mean distance"] > table["mean radius"])).all()
+        assert table[["XD", "covered", "NCG"]].apply(lambda c: c.between(0, 1)).all().all()
+    if stem == "20_corrupted_ncg":  # 3 methods × 2 corruptions × 5 severities of the smoke set's 60 images
+        table = pd.read_csv(suite_run.out / files[0])
+        assert len(table) == 3 * 2 * 5 and table["ncg"].between(0, 1).all() and (table["n"] == 60).all()
+        assert len(verdicts) == 2

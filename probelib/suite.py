@@ -19,7 +19,7 @@ import platform
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -538,6 +538,24 @@ def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+_FILE_TYPES = {"tables": (".csv", ".tex"), "figures": (".png", ".pdf")}
+
+
+def _md_link(href: str, label: str) -> str:
+    return f"[{label}]({href})"
+
+
+def _html_link(href: str, label: str) -> str:
+    return f"<a href='{html.escape(href)}'>{label}</a>"
+
+
+def _file_links(out: Path, kind: str, name: str, link: Callable[[str, str], str]) -> str:
+    """Links (`` · ``-joined, ``link(href, label)``) to the files of table or figure ``name`` that
+    exist under ``out/<kind>``."""
+    return " · ".join(link(f"{kind}/{name}{ext}", ext.strip(".").upper())
+                      for ext in _FILE_TYPES[kind] if (out / kind / f"{name}{ext}").exists())
+
+
 def write_report(out: str | os.PathLike, results: Sequence[NotebookResult],
                  run_info: Mapping[str, Any]) -> tuple[Path, Path]:
     """Write ``<out>/index.md`` and ``<out>/index.html`` (and the ``suite.json`` manifest they come from).
@@ -618,15 +636,13 @@ def write_report(out: str | os.PathLike, results: Sequence[NotebookResult],
         md += ["(no verdict lines)", ""]
     md += ["## Tables", "", "| table | notebook | files |", "|---|---|---|"]
     for t in tables:
-        files = " · ".join(f"[{ext.upper().strip('.')}](tables/{t}{ext})" for ext in (".csv", ".tex")
-                           if (out / "tables" / f"{t}{ext}").exists())
+        files = _file_links(out, "tables", t, _md_link)
         md.append(f"| {t} | {owner.get(('tables', t), '(earlier run)')} | {files} |")
     if not tables:
         md.append("| (none) | | |")
     md += ["", "## Figures", ""]
     for f in figures:
-        files = " · ".join(f"[{ext.upper().strip('.')}](figures/{f}{ext})" for ext in (".png", ".pdf")
-                           if (out / "figures" / f"{f}{ext}").exists())
+        files = _file_links(out, "figures", f, _md_link)
         md += [f"### {f} ({owner.get(('figures', f), 'earlier run')})", ""]
         if (out / "figures" / f"{f}.png").exists():
             md += [f"![{f}](figures/{f}.png)", ""]
@@ -668,8 +684,7 @@ def write_report(out: str | os.PathLike, results: Sequence[NotebookResult],
         h.append("<p>(no verdict lines)</p>")
     h.append("<h2>Tables</h2>")
     for t in tables:
-        links = " · ".join(f"<a href='tables/{e_(t)}{ext}'>{ext.strip('.').upper()}</a>"
-                           for ext in (".csv", ".tex") if (out / "tables" / f"{t}{ext}").exists())
+        links = _file_links(out, "tables", t, _html_link)
         h.append(f"<details><summary><b>{e_(t)}</b> ({e_(owner.get(('tables', t), 'earlier run'))}) {links}"
                  "</summary>")
         try:
@@ -684,8 +699,7 @@ def write_report(out: str | os.PathLike, results: Sequence[NotebookResult],
         h.append("<p>(none)</p>")
     h.append("<h2>Figures</h2>")
     for f in figures:
-        links = " · ".join(f"<a href='figures/{e_(f)}{ext}'>{ext.strip('.').upper()}</a>"
-                           for ext in (".png", ".pdf") if (out / "figures" / f"{f}{ext}").exists())
+        links = _file_links(out, "figures", f, _html_link)
         h.append(f"<h3>{e_(f)} <small>({e_(owner.get(('figures', f), 'earlier run'))}) {links}</small></h3>")
         if (out / "figures" / f"{f}.png").exists():
             h.append(f"<img src='figures/{e_(f)}.png' alt='{e_(f)}'>")

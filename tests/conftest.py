@@ -18,6 +18,16 @@ def repo_root() -> Path:
     return REPO
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread until the module ends: reproducible numbers for the bit-for-bit
+    comparisons, and faster than two for tiny models."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_store(tmp_path_factory, monkeypatch):
     """Point the artifact store at a per-session temporary folder unless a test sets its own."""

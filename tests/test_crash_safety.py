@@ -34,14 +34,6 @@ TRAIN_CFG = ("default_config('digits', 'natural', arch='WRN-10-1', epochs=8, lr=
 PRECOMPUTE = "ncg.suite_inputs('digitswo9', ['natural', 'trades'], 2.0, smoke=True, store=Store(root), device='cpu')"
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _child_env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO))
     env.pop("PROBELIB_FRESH_SINCE", None)

@@ -21,13 +21,7 @@ from probelib.training import (TrainConfig, TrainingDivergedError, at_loss, conf
 D, C = 6, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster than two (and kinder to a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (conftest)
 
 
 class _Recorder(nn.Module):

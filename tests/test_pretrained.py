@@ -241,3 +241,41 @@ def test_not_a_state_dict(tmp_path):
         read_state_dict(tmp_path / "meta.pt")
     with pytest.raises(ValueError, match="pretrained source"):
         load_pretrained("timm", tmp_path / "meta.pt")
+
+
+# ----------------------------------------------------------------------------- notebook 06's pipeline
+
+def test_pretrained_ncg_pipeline_on_digits(tmp_path, one_thread):
+    """Models written in external formats, loaded by spec, scored against one reference's features."""
+    from probelib import ncg
+    from probelib.data import as_tensors
+    from probelib.neighbours import brute_force_knn
+    from probelib.pretrained_ncg import load_models, pretrained_ncg_inputs, reload_check
+
+    torch.manual_seed(0)
+    trained = {"a": build_model("LargeMLP", 9, in_features=64).eval(),
+               "b": build_model("LargeMLP", 9, in_features=64).eval()}
+    save_external(trained["a"], "torchvision", tmp_path / "a.pth")
+    save_external(trained["b"], "robustbench", zoo_path("b", tmp_path / "zoo", "digitswo9", "Linf"))
+    specs = [{"label": "a", "source": "state_dict", "checkpoint": str(tmp_path / "a.pth"), "arch": "LargeMLP",
+              "num_classes": 9, "in_features": 64, "format": "bare"},
+             {"label": "b", "source": "robustbench", "checkpoint": "b", "model_dir": str(tmp_path / "zoo"),
+              "dataset": "digitswo9", "arch": "LargeMLP", "num_classes": 9, "in_features": 64}]
+    loaded = load_models(specs)
+    splits = ncg.load_splits("digitswo9")
+    tx, _ = as_tensors(splits.test)
+    assert reload_check(trained, loaded, tx)["identical"].all()
+    feat = pretrained_ncg_inputs(loaded, "digitswo9", "feature", reference="b", store=False)
+    pix = pretrained_ncg_inputs(loaded, "digitswo9", "pixel", store=False)
+    (trx, try_), (oox, _) = as_tensors(splits.train), as_tensors(splits.ood)
+    with torch.no_grad():
+        _, idx = brute_force_knn(loaded["b"].features(trx), loaded["b"].features(oox))
+    assert (feat["a"]["ood_nn_label"] == try_.numpy()[idx[:, 0]]).mean() > 0.99  # b's features, for a too
+    assert (feat["a"]["ood_nn_label"] == feat["b"]["ood_nn_label"]).all()
+    assert (feat["a"]["ood_pred"] == pix["a"]["ood_pred"]).all()  # each model's own prediction
+    table = ncg.ncg_table(feat, natural="b")
+    assert set(table.index) == {"a", "b"} and 0 <= table.loc["a", "mcnemar_p"] <= 1
+    with pytest.raises(ValueError, match="9 seen classes"):
+        pretrained_ncg_inputs({"c": build_model("LargeMLP", 10, in_features=64)}, "digitswo9", store=False)
+    with pytest.raises(ValueError, match="labelled 'a'"):
+        load_models([specs[0], specs[0]])

@@ -41,7 +41,8 @@ from probelib.models.checkpoint import FORMAT, CheckpointError, CheckpointMismat
 from probelib.models.resnet import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["load_pretrained", "load_torchvision", "load_robustbench", "load_state_dict_file", "read_state_dict",
-           "save_external", "SOURCES", "EXTERNAL_FORMATS", "TORCHVISION_RESNETS", "ZOO", "ZooEntry", "zoo_names",
+           "save_external", "fit_state_dict", "zoo_path", "guess_torchvision_arch", "SOURCES", "EXTERNAL_FORMATS",
+           "TORCHVISION_RESNETS", "ZOO", "ZOO_PREPROCESSING", "ZooEntry", "zoo_names",
            "ImageNetResNet", "ZooWideResNet", "ZooDMWideResNet"]
 
 SOURCES = ("torchvision", "robustbench", "state_dict")

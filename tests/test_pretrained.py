@@ -64,6 +64,8 @@ def test_torchvision_weights_load_with_imagenet_normalisation(arch, tmp_path, im
     assert torch.allclose(got, expected, atol=ATOL)
     assert torch.allclose(model.classifier(model.features(images)), got, atol=ATOL)
     assert model.pretrained_source["num_classes"] == 7 and not model.training
+    if arch == "resnet50":  # probelib's registered build: it can be saved as a probelib checkpoint
+        assert model.arch_config == {"arch": "resnet50", "num_classes": 7, "in_channels": 3, "image_size": 224}
 
 
 def test_torchvision_wrong_architecture_names_keys_and_guess(tmp_path):

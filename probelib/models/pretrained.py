@@ -38,7 +38,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 
 from probelib._util import check_choice, unknown_name
 from probelib.models.checkpoint import FORMAT, CheckpointError, CheckpointMismatchError, UnsafeCheckpointError
-from probelib.models.resnet import IMAGENET_MEAN, IMAGENET_STD
+from probelib.models.resnet import IMAGENET_MEAN, IMAGENET_STD, TORCHVISION_ARCHS
 
 __all__ = ["load_pretrained", "load_torchvision", "load_robustbench", "load_state_dict_file", "read_state_dict",
            "save_external", "fit_state_dict", "zoo_path", "guess_torchvision_arch", "SOURCES", "EXTERNAL_FORMATS",
@@ -590,7 +590,11 @@ def load_torchvision(path: str | os.PathLike, arch: str = "resnet50", num_classe
     state = _strip_prefixes(state, ["fc.weight"])
     fc = state.get("fc.weight")
     classes = int(fc.shape[0]) if num_classes is None and fc is not None else int(num_classes or 1000)
-    model = ImageNetResNet(arch, classes)
+    if arch in TORCHVISION_ARCHS:  # probelib's registered build (same keys and normalisation; save_checkpoint works)
+        from probelib.models import build_model
+        model = build_model(arch, classes)
+    else:
+        model = ImageNetResNet(arch, classes)
     guess = guess_torchvision_arch(state)
     hint = (f"The file looks like torchvision's {guess}: pass arch={guess!r}" if guess and guess != arch else
             f"torchvision's ResNet names: {', '.join(TORCHVISION_RESNETS)}")

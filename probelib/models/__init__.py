@@ -11,6 +11,10 @@
 * ``LargeMLP`` / ``LargeMLPv3`` / ``LargeMLPv4`` — d→w→w→w→C, w = 256 / 512 / 1024;
   ``in_features``. features: last hidden layer, w-d.
 
+``load_pretrained(source, checkpoint, ...)`` (:mod:`probelib.models.pretrained`) builds a model
+from weights already on disk: torchvision ResNets, RobustBench's CIFAR-10 WideResNets, or a plain
+state dict for any architecture above.
+
 Every model takes images in [0, 1] (normalisation, where wanted, is inside the model), and
 has ``features(x) -> (N, D)`` (the representation NCG uses for feature-space neighbours)
 and ``classifier`` (the module that maps features to logits): ``model(x) ==
@@ -33,12 +37,13 @@ from probelib.models.checkpoint import (CheckpointError, CheckpointMismatchError
                                         load_checkpoint, read_checkpoint, save_checkpoint)
 from probelib.models.cnn import CNN002
 from probelib.models.mlp import MLP, MLP_WIDTHS
+from probelib.models.pretrained import ZOO, load_pretrained, read_state_dict, save_external, zoo_names
 from probelib.models.resnet import TORCHVISION_ARCHS, NormalizedResNet, build_resnet
 from probelib.models.wrn import NORMS, WideResNet
 
 __all__ = ["build_model", "model_names", "save_checkpoint", "load_checkpoint", "read_checkpoint",
            "extract_features", "CheckpointMismatchError", "CheckpointError", "UnsafeCheckpointError", "CNN002", "WideResNet", "NormalizedResNet",
-           "MLP", "NORMS"]
+           "MLP", "NORMS", "load_pretrained", "read_state_dict", "save_external", "zoo_names", "ZOO"]
 
 _WRN = re.compile(r"^WRN-(\d+)-(\d+)$")
 # Named WideResNets and their default dropout (each paper's setting).

@@ -1,0 +1,186 @@
+"""TENT (Wang, Shelhamer, Liu, Olshausen, Darrell; ICLR 2021) and its ``norm`` baseline, written from
+the paper's definitions, as arms beside AdaBN's whole-set statistics (:mod:`probelib.adabn`).
+
+* ``norm`` — test-time normalisation: every BatchNorm layer normalises each test batch with that
+  batch's own mean and (biased) variance instead of the source running statistics; no parameter
+  changes. Predictions depend on the batch size (default 128, TENT's CIFAR setting).
+* ``tent`` — test entropy minimisation: the same batch statistics, and the BN affine parameters
+  (γ, β: the only parameters that change) are updated online, batch after batch in the given
+  order, to minimise the mean Shannon entropy H(ŷ) = −Σ_c p(ŷ_c) log p(ŷ_c) of the batch's
+  predictions. Per batch: forward (these are the batch's predictions), then ``steps`` optimiser
+  steps (default one Adam step, lr 1e-3, betas (0.9, 0.999), no weight decay: TENT's CIFAR
+  configuration). With ``steps > 1`` the predictions come from the last step's forward.
+
+Both run on a deep copy, so the model passed in is never changed; each call is one *setting*
+(a corruption × severity, say) and starts from the source weights with a fresh optimiser: the
+episodic reset per setting. ``TentSettings(reset_each_batch=True)`` resets after every batch too
+(TENT's fully episodic variant). Other modules (dropout, ...) stay in eval mode.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from probelib._util import check_choice
+from probelib.adabn import bn_layers
+from probelib.metrics import _model_device, iter_image_batches
+
+__all__ = ["TentSettings", "TENT_ARMS", "entropy", "norm_logits", "tent_logits", "tent_arm_logits",
+           "prepare_batch_norm"]
+
+TENT_ARMS = ("norm", "tent")
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class TentSettings:
+    """Hyper-parameters of the ``norm`` and ``tent`` arms (defaults: TENT's CIFAR-10-C setting).
+
+    ``batch_size``: test batch (both arms; the statistics are per batch). ``lr``, ``steps``,
+    ``optimizer`` (``adam`` with ``betas``, or ``sgd`` with ``momentum``), ``weight_decay``: the
+    ``tent`` update. ``reset_each_batch``: restore the source weights after every batch.
+    """
+
+    batch_size: int = 128
+    lr: float = 1e-3
+    steps: int = 1
+    optimizer: str = "adam"
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    reset_each_batch: bool = False
+
+    def __post_init__(self):
+        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if int(self.steps) != self.steps or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer (gradient steps per batch), got {self.steps!r}")
+        if not self.lr >= 0:
+            raise ValueError(f"lr must be >= 0, got {self.lr!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+
+    def replace(self, **changes) -> "TentSettings":
+        """A copy with ``changes`` applied (validated)."""
+        return replace(self, **changes)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of softmax(logits), one value per row."""
+    logp = torch.log_softmax(logits.float(), dim=1)
+    return -(logp.exp() * logp).sum(dim=1)
+
+
+def prepare_batch_norm(model: nn.Module, device: torch.device | None = None) -> tuple[nn.Module, list[_BatchNorm]]:
+    """A deep copy of ``model`` in eval mode whose BatchNorm layers normalise with each batch's
+    own statistics (no running statistics kept), with every parameter frozen except the BN
+    affine ones; and those BN layers. ``ValueError`` when the model has no BatchNorm layer."""
+    if not bn_layers(model):
+        kinds = sorted({type(m).__name__ for m in model.modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm,
+                                                                                     nn.InstanceNorm2d))})
+        raise ValueError(f"{type(model).__name__} has no BatchNorm layer with running statistics, so the norm and "
+                         f"tent arms have nothing to adapt{f' (it normalises with {kinds})' if kinds else ''}; "
+                         "use a batch-norm model (e.g. build_model(..., norm='batch')) or only the source arm")
+    device = _model_device(model) if device is None else torch.device(device)
+    work = copy.deepcopy(model).to(device).eval()
+    work.requires_grad_(False)
+    layers = [m for _, m in bn_layers(work)]
+    for m in layers:
+        m.train()  # batch statistics in the forward pass ...
+        m.track_running_stats = False  # ... and no running statistics kept or used
+        m.running_mean, m.running_var, m.num_batches_tracked = None, None, None
+        if m.affine:
+            m.weight.requires_grad_(True)
+            m.bias.requires_grad_(True)
+    return work, layers
+
+
+def _optimizer(params: Sequence[nn.Parameter], s: TentSettings) -> torch.optim.Optimizer:
+    if s.optimizer == "adam":
+        return torch.optim.Adam(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+    return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+
+
+def _forward(work: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    try:
+        return work(x)
+    except ValueError as err:
+        if "Expected more than 1 value per channel" in str(err):
+            raise ValueError(f"a test batch of {len(x)} image(s) gives BatchNorm a single value per channel, so "
+                             "batch statistics are undefined; use a batch_size that leaves no final batch of 1 "
+                             "(or drop the last image)") from None
+        raise
+
+
+def norm_logits(model: nn.Module, x, settings: TentSettings | None = None, device=None,
+                desc: str | None = None) -> torch.Tensor:
+    """Logits (float32, CPU) of ``model`` on ``x`` with each test batch's own BN statistics (the
+    ``norm`` arm); batches of ``settings.batch_size`` in order. ``model`` is not changed."""
+    s = settings or TentSettings()
+    work, _ = prepare_batch_norm(model, device)
+    dev = _model_device(work)
+    with torch.no_grad():
+        out = [_forward(work, xb).float().cpu() for xb in _batches(x, s.batch_size, dev, desc)]
+    return _cat(out)
+
+
+def tent_logits(model: nn.Module, x, settings: TentSettings | None = None, device=None,
+                desc: str | None = None) -> torch.Tensor:
+    """Logits (float32, CPU) of ``model`` on ``x`` under TENT (the ``tent`` arm): batch
+    statistics plus online entropy minimisation over the BN affine parameters, batches of
+    ``settings.batch_size`` in order, each batch predicted before its own update. One call is
+    one setting: it starts from ``model``'s weights (which it never changes)."""
+    s = settings or TentSettings()
+    work, layers = prepare_batch_norm(model, device)
+    params = [p for m in layers if m.affine for p in (m.weight, m.bias)]
+    if not params:
+        raise ValueError("the model's BatchNorm layers have no affine parameters (affine=False), so tent has "
+                         "nothing to update; use the norm arm")
+    source = [p.detach().clone() for p in params]
+    opt = _optimizer(params, s)
+    dev = _model_device(work)
+    out = []
+    for xb in _batches(x, s.batch_size, dev, desc):
+        for _ in range(int(s.steps)):
+            logits = _forward(work, xb)
+            loss = entropy(logits).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        out.append(logits.detach().float().cpu())
+        if s.reset_each_batch:
+            with torch.no_grad():
+                for p, p0 in zip(params, source):
+                    p.copy_(p0)
+            opt = _optimizer(params, s)
+    return _cat(out)
+
+
+def tent_arm_logits(model: nn.Module, x, arm: str = "tent", settings: TentSettings | None = None, device=None,
+                    desc: str | None = None) -> torch.Tensor:
+    """Logits of one arm, ``"norm"`` or ``"tent"`` (see the module docstring)."""
+    check_choice("arm", arm, TENT_ARMS)
+    fn = tent_logits if arm == "tent" else norm_logits
+    return fn(model, x, settings, device, desc)
+
+
+def _batches(x, batch_size: int, device: torch.device, desc: str | None):
+    """Batches in order on ``device`` (a tqdm.auto progress bar named ``desc`` when given)."""
+    return iter_image_batches(x, batch_size, device, desc)
+
+
+def _cat(out: list[torch.Tensor]) -> torch.Tensor:
+    if not out:
+        raise ValueError("no images to evaluate (empty set)")
+    logits = torch.cat(out)
+    if not torch.isfinite(logits).all():
+        raise FloatingPointError("the adapted model produced non-finite logits; lower lr (tent) or check the "
+                                 "inputs are images in [0, 1]")
+    return logits

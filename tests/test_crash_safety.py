@@ -257,20 +257,22 @@ def _dead_pid() -> int:
 
 
 def test_temporaries_of_a_killed_writer_are_swept_by_the_next_write(tmp_path):
-    from probelib.store import atomic_write, write_text_atomic
+    from probelib.store import _host, atomic_write, write_text_atomic
     target = tmp_path / "table.csv"
-    stale = tmp_path / f".table.csv.{_dead_pid()}.k3j1.tmp"          # a writer killed mid-write
-    live = tmp_path / f".table.csv.{os.getppid()}.x9a2.tmp"            # a writer still running
-    other = tmp_path / f".other.csv.{_dead_pid()}.abcd.tmp"            # another file's: its own write sweeps it
-    for f in (stale, live, other):
+    here = _host()
+    stale = tmp_path / f".table.csv.{_dead_pid()}@{here}.k3j1.tmp"     # a writer on this host killed mid-write
+    live = tmp_path / f".table.csv.{os.getppid()}@{here}.x9a2.tmp"     # a writer still running
+    legacy = tmp_path / f".table.csv.{_dead_pid()}.m2n3.tmp"           # no host named: may be another host's
+    other = tmp_path / f".other.csv.{_dead_pid()}@{here}.abcd.tmp"     # another file's: its own write sweeps it
+    for f in (stale, live, legacy, other):
         f.write_text("half")
     with atomic_write(target) as tmp:
-        assert tmp.name.startswith(f".table.csv.{os.getpid()}.") and not stale.exists()
+        assert tmp.name.startswith(f".table.csv.{os.getpid()}@{here}.") and not stale.exists()
         tmp.write_text("a,b\n")
-    assert target.read_text() == "a,b\n" and live.exists() and other.exists()
+    assert target.read_text() == "a,b\n" and live.exists() and legacy.exists() and other.exists()
     write_text_atomic(tmp_path / "other.csv", "x")
     assert not other.exists()
-    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(["table.csv", "other.csv", live.name])
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(["table.csv", "other.csv", live.name, legacy.name])
 
 
 # ----------------------------------------------------------------------------- the audit

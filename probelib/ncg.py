@@ -203,7 +203,7 @@ def predict_labels(model: torch.nn.Module, x: torch.Tensor, *, store: Store | No
 def feature_splits(splits, backbone: torch.nn.Module, *, store: Store | None | bool = None,
                    device=None, batch_size: int = 512):
     """The same splits with images replaced by ``backbone.features`` (the frozen representation
-    of a naturally trained model, spec §1.3); cached in the store by (weights, images)."""
+    of a naturally trained model, spec §1.3); cached in the store by (weights, images, labels)."""
     from probelib.data import Splits, TensorSet, as_tensors
     from probelib.neighbours import features_of
 
@@ -222,7 +222,7 @@ def feature_splits(splits, backbone: torch.nn.Module, *, store: Store | None | b
     if st is None:
         arrays = compute()
     else:
-        key = fingerprint("features-v1", backbone, {p: xy[0] for p, xy in parts.items()})
+        key = fingerprint("features-v2", backbone, parts)  # images and labels: the labels are stored too
         arrays = st.cached_arrays("features", f"{splits.name}-{type(backbone).__name__}", key, compute)
     sets = {p: TensorSet(torch.from_numpy(arrays[f"{p}_x"]), torch.from_numpy(arrays[f"{p}_y"]))
             for p in parts}

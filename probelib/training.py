@@ -52,7 +52,7 @@ from probelib.models.checkpoint import (CheckpointError, CheckpointMismatchError
                                         check_state_fits, plain, read_checkpoint, save_checkpoint, write_checkpoint)
 
 __all__ = ["METHODS", "TrainConfig", "default_config", "config_names", "get_config", "train",
-           "train_or_load", "natural_loss", "trades_loss", "trades_adversary", "at_loss", "mixup_loss",
+           "train_or_load", "checkpoint_key", "natural_loss", "trades_loss", "trades_adversary", "at_loss", "mixup_loss",
            "augment_batch", "subsample", "evaluate_accuracy", "TrainingDivergedError", "add_cli"]
 
 METHODS = ("natural", "trades", "at", "mixup")
@@ -808,7 +808,7 @@ def _splits_fingerprint(splits: Any) -> str:
     return fingerprint(*parts)
 
 
-def _checkpoint_key(cfg: "TrainConfig", splits: Any) -> str:
+def checkpoint_key(cfg: "TrainConfig", splits: Any = None) -> str:
     """The store key of ``cfg``'s checkpoint: its config and the data it trains on (the splits'
     content when given, else the fingerprint of ``cfg.dataset``'s files under the data root)."""
     from probelib.data import data_fingerprint
@@ -839,7 +839,7 @@ def train_or_load(cfg: TrainConfig, splits: Any = None, device: str | torch.devi
     if splits is None and cfg.space == "feature":
         raise ValueError(f"{cfg.name} trains on features: pass them as splits=... (a Splits whose train/test "
                          "hold the backbone's feature vectors)")
-    key = _checkpoint_key(cfg, splits)
+    key = checkpoint_key(cfg, splits)
     path = store.path("checkpoints", cfg.name, key, ".pt")
     if store.verify(path):
         model, meta = load_checkpoint(path, device=default_device(device))

@@ -271,6 +271,14 @@ def test_generated_mnist5k_c_is_regenerated_when_damaged_or_stale(tmp_path, monk
     from probelib.corruptions import sets
 
     monkeypatch.setattr(sets, "CORRUPTIONS", ["contrast"])  # one corruption keeps the test fast
+    read, source = [], sets._source_images
+
+    def source_once(*args):  # reading mnist5k takes seconds: once for the four generations below
+        if not read:
+            read.append(source(*args))
+        return read[0]
+
+    monkeypatch.setattr(sets, "_source_images", source_once)
     good = C.load_corrupted("mnist5k-c", "contrast", 3, root=tmp_path)
     folder = tmp_path / "mnist5k-c"
     path = folder / "contrast.npy"

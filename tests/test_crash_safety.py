@@ -25,7 +25,7 @@ import torch
 from probelib import ncg
 from probelib.models.checkpoint import read_checkpoint
 from probelib.store import Store, file_sha256
-from probelib.training import default_config, train_or_load
+from probelib.training import checkpoint_key, default_config, train_or_load
 
 REPO = Path(__file__).resolve().parents[1]
 # A small BN WideResNet on the 8×8 digits: ~0.2 s per epoch, so a kill lands part way.
@@ -97,8 +97,8 @@ def test_training_killed_part_way_resumes_to_the_uninterrupted_weights(tmp_path,
              "from probelib.store import Store\nfrom probelib.training import default_config, train_or_load\n"
              f"train_or_load({TRAIN_CFG}, store=Store(sys.argv[1]), device='cpu', progress=False)\n")
     proc = _start(child, str(root))
-    state_path = Store(root).path("checkpoints", cfg.name, cfg.key, ".state.pt")
-    final_path = Store(root).path("checkpoints", cfg.name, cfg.key, ".pt")
+    state_path = Store(root).path("checkpoints", cfg.name, checkpoint_key(cfg), ".state.pt")
+    final_path = Store(root).path("checkpoints", cfg.name, checkpoint_key(cfg), ".pt")
     try:
         _wait_for(state_path.exists, proc)  # the first epoch's resumable state is on disk
     finally:
@@ -123,7 +123,7 @@ def test_damaged_training_state_is_recomputed_not_used(tmp_path, one_thread):
     cfg = default_config("digits", "natural", epochs=2, max_train=200, max_test=50)
     full, _ = train_or_load(cfg, store=Store(tmp_path / "full"), device="cpu", progress=False)
     store = Store(tmp_path / "damaged")
-    state_path = store.path("checkpoints", cfg.name, cfg.key, ".state.pt")
+    state_path = store.path("checkpoints", cfg.name, checkpoint_key(cfg), ".state.pt")
     state_path.parent.mkdir(parents=True)
     state_path.write_bytes(b"PK\x03\x04 half of a resumable state")  # damaged outside probelib
     with pytest.warns(UserWarning, match=r"damaged.*Training .* from epoch 0 instead"):

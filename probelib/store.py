@@ -71,9 +71,12 @@ def _try_lock(path: Path) -> "int | None":
     """A file descriptor holding an exclusive lock on ``path``, or None if a writer holds it (or it
     cannot be opened or locked here: then the writer may be alive). A missing ``path`` locks as free."""
     if fcntl is None:
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY)
+        return -1  # no locks here: the caller goes by age alone
+    try:  # read-write where allowed: NFS emulates flock with POSIX locks, whose write locks need it
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except PermissionError:
+            fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return -1
     except OSError:
@@ -114,8 +117,6 @@ def remove_stale_temporaries(folder: str | os.PathLike, prefix: str, suffix: str
             temporary, lock = f, f.with_name(name + ".lock")
         else:
             continue
-        if not temporary.exists() and f is temporary:
-            continue
         pid, writer_host = _writer_of(temporary.name[len(prefix):])
         if pid is None:
             continue
@@ -129,7 +130,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, prefix: str, suffix: str
         if fd is None:
             continue  # a writer holds it (or we cannot tell): keep
         try:
-            dead_here = writer_host == host and not _pid_alive(pid)
+            dead_here = fcntl is not None and writer_host == host and not _pid_alive(pid)
             if dead_here or now - touched > max_age:
                 for p in (temporary, lock):
                     try:
@@ -192,6 +193,9 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     while a writer on another host may still be using it.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: a folder of that name is in the way; move or delete it "
+                                "(probelib never deletes folders)")
     with writer_temporary(path, ".tmp") as tmp:
         yield tmp
         with open(tmp, "rb+") as fh:

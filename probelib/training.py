@@ -853,15 +853,21 @@ def train_or_load(cfg: TrainConfig, splits: Any = None, device: str | torch.devi
     seed_everything(cfg.seed)
     model = cfg.build(splits)
     state_path = store.path("checkpoints", cfg.name, key, ".state.pt")
+    fresh_token = getattr(store, "fresh_token", None)
     if state_path.exists():  # a damaged resume state is recomputed, not used (a planted pickle still raises)
         try:
-            read_checkpoint(state_path)
+            state = read_checkpoint(state_path)
         except CheckpointError as err:
             if isinstance(err, UnsafeCheckpointError):
                 raise
             warnings.warn(f"{err}. Training {cfg.name} from epoch 0 instead.", stacklevel=2)
             state_path.unlink()
+        else:  # under --fresh, only a state written by this same fresh run is resumed
+            if fresh_token is not None and (state.get("metadata") or {}).get("fresh_token") != fresh_token:
+                state_path.unlink()
     meta = {"config": cfg.as_dict(), "config_key": key, "name": cfg.name, "dataset": cfg.dataset}
+    if fresh_token is not None:
+        meta["fresh_token"] = fresh_token
     model, history = train(model, splits, device=device, checkpoint_path=state_path, metadata=meta,
                            progress=progress, **cfg.train_kwargs())
     save_checkpoint(model, path, **meta, method=cfg.method, eps=cfg.eps, beta=cfg.beta, seed=cfg.seed,

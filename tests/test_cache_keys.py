@@ -291,3 +291,25 @@ def test_generated_mnist5k_c_is_regenerated_when_damaged_or_stale(tmp_path, monk
     (folder / "manifest.json").unlink()
     again = C.load_corrupted("mnist5k-c", "contrast", 3, root=tmp_path)
     assert torch.equal(again.y, good.y) and (folder / "manifest.json").exists()
+
+
+def test_fresh_run_does_not_resume_a_training_state_from_before_it(tmp_path, monkeypatch):
+    from probelib.training import default_config
+
+    cfg = default_config("digits", "natural", epochs=2, max_train=100, max_test=40)
+    calls = []
+    real = training.evaluate_accuracy
+
+    def killed_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise _Boom("killed during epoch 2")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate_accuracy", killed_in_epoch_two)
+    with pytest.raises(_Boom):
+        train_or_load(cfg, store=Store(tmp_path), device="cpu", progress=False)  # leaves epoch 1's state
+    calls.clear()
+    monkeypatch.setattr(training, "evaluate_accuracy", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    _, history = train_or_load(cfg, store=Store(tmp_path, fresh_since=time.time()), device="cpu", progress=False)
+    assert len(calls) == 2 and history["epoch"].tolist() == [1, 2]  # both epochs trained by the fresh run

@@ -499,7 +499,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         description="Write DIR/<corruption>.npy (rows severity-major: one block of N images per "
                     "severity, in ascending order; all five unless --severities restricts them, "
                     "recorded in DIR/<corruption>.json), DIR/labels.npy (the labels repeated per "
-                    "severity block). Complete files are skipped, so re-running resumes.")
+                    "severity block) and DIR/manifest.json (size and SHA-256 of every file, written "
+                    "last: readers use only what it commits). Committed files for the same inputs are "
+                    "skipped, so re-running resumes or repairs.")
     p.add_argument("dataset", help="a dataset name load_dataset knows (mnist5k, digits, cifar10, ...)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--corruptions", default=None,

@@ -114,6 +114,8 @@ def dataset_files(name: str, root: str | os.PathLike | None = None) -> list[Path
         for p in fixed[base]:
             if not p.exists():
                 raise files.missing(base, p, "missing")
+            if not p.is_file():
+                raise files.missing(base, p, "not a regular file")
         return fixed[base]
     # folder datasets: the listing the loader itself makes (lazy: no image is decoded), plus the
     # text files that name classes and labels

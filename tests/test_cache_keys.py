@@ -187,27 +187,29 @@ class _Boom(Exception):
 
 
 def test_interrupt_between_images_and_sidecar_leaves_no_loadable_set(tmp_path, monkeypatch):
+    import probelib.store as store_module
+
     x, y = _images()
     out = tmp_path / "set"
-    C.write_corrupted(x, y, out, ["contrast"], [1], seed=0, progress=False)
-    before = C.load_corrupted(out, "contrast", 1).x.clone()
-    import probelib.store as store_module
+    C.write_corrupted(x, y, out, ["gaussian_noise"], [1], seed=0, progress=False)
     real = store_module.write_text_atomic
 
     def interrupted(path, text):
-        if str(path).endswith("contrast.json"):
+        if str(path).endswith("gaussian_noise.json"):
             raise _Boom("killed between the .npy and its sidecar")
         return real(path, text)
 
     monkeypatch.setattr(store_module, "write_text_atomic", interrupted)
     with pytest.raises(_Boom):
-        C.write_corrupted(x, y, out, ["contrast"], [1], seed=1, progress=False)
+        C.write_corrupted(x, y, out, ["gaussian_noise"], [1], seed=1, progress=False)
     monkeypatch.undo()
-    with pytest.raises(C.CorruptedSetError, match="contrast"):
-        C.load_corrupted(out, "contrast", 1)  # seed-1 images under a seed-0 sidecar: refused
-    C.write_corrupted(x, y, out, ["contrast"], [1], seed=1, progress=False)  # resuming completes it
-    again = C.load_corrupted(out, "contrast", 1)
-    assert again.x.shape == before.shape
+    with pytest.raises(C.CorruptedSetError, match="gaussian_noise"):
+        C.load_corrupted(out, "gaussian_noise", 1)  # seed-1 images beside a seed-0 sidecar: refused
+    C.write_corrupted(x, y, out, ["gaussian_noise"], [1], seed=1, progress=False)  # resuming completes it
+    again = C.load_corrupted(out, "gaussian_noise", 1)
+    expected = torch.from_numpy(C.corrupt(x, "gaussian_noise", 1, 1)).permute(0, 3, 1, 2).float() / 255
+    assert torch.allclose(again.x, expected, atol=1e-6)
+    assert json.loads((out / "gaussian_noise.json").read_text())["seed"] == 1
 
 
 def test_labels_rewritten_before_the_images_leave_no_loadable_set(tmp_path, monkeypatch):

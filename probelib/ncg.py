@@ -385,12 +385,23 @@ IMAGENET_LIKE = ("imgnet100", "imagenet", "imagenet-v2", "stylized-imagenet", "t
 SMOKE_TRAINING = {"epochs": 1, "max_train": 128}
 
 
-@functools.lru_cache(maxsize=4)
 def load_splits(dataset: str):
-    """``load_dataset`` memoised within a process (notebooks ask for the same set many times)."""
+    """``load_dataset`` memoised within a process (notebooks ask for the same set many times), by
+    name and by the content fingerprint of the dataset's files: files replaced meanwhile are read anew."""
+    from probelib.data import data_fingerprint
+
+    return _load_splits(dataset, data_fingerprint(dataset))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_splits(dataset: str, fingerprint: str):
     from probelib.data import load_dataset
 
-    return load_dataset(dataset)
+    splits = load_dataset(dataset)
+    if splits.fingerprint not in (None, fingerprint):
+        from probelib.data import DataChangedError
+        raise DataChangedError(f"the files of dataset {dataset!r} changed while they were read; load it again")
+    return splits
 
 
 def method_label(method: str, eps: float | None = None) -> str:

@@ -315,3 +315,15 @@ def test_fresh_run_does_not_resume_a_training_state_from_before_it(tmp_path, mon
     monkeypatch.setattr(training, "evaluate_accuracy", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     _, history = train_or_load(cfg, store=Store(tmp_path, fresh_since=time.time()), device="cpu", progress=False)
     assert len(calls) == 2 and history["epoch"].tolist() == [1, 2]  # both epochs trained by the fresh run
+
+
+def test_memoised_splits_follow_the_files(tmp_path, monkeypatch):
+    from probelib.ncg import load_splits
+
+    _mnist_tree(tmp_path, seed=0)
+    monkeypatch.setenv("PROBELIB_DATA", str(tmp_path))
+    first = load_splits("mnistwo9")
+    assert load_splits("mnistwo9") is first
+    shutil.rmtree(tmp_path / "MNIST")
+    _mnist_tree(tmp_path, seed=1)
+    assert not torch.equal(load_splits("mnistwo9").train.x, first.train.x)

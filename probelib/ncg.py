@@ -203,7 +203,7 @@ def predict_labels(model: torch.nn.Module, x: torch.Tensor, *, store: Store | No
 def feature_splits(splits, backbone: torch.nn.Module, *, store: Store | None | bool = None,
                    device=None, batch_size: int = 512):
     """The same splits with images replaced by ``backbone.features`` (the frozen representation
-    of a naturally trained model, spec §1.3); cached in the store by (weights, images)."""
+    of a naturally trained model, spec §1.3); cached in the store by (weights, images, labels)."""
     from probelib.data import Splits, TensorSet, as_tensors
     from probelib.neighbours import features_of
 
@@ -222,7 +222,7 @@ def feature_splits(splits, backbone: torch.nn.Module, *, store: Store | None | b
     if st is None:
         arrays = compute()
     else:
-        key = fingerprint("features-v1", backbone, {p: xy[0] for p, xy in parts.items()})
+        key = fingerprint("features-v2", backbone, parts)  # images and labels: the labels are stored too
         arrays = st.cached_arrays("features", f"{splits.name}-{type(backbone).__name__}", key, compute)
     sets = {p: TensorSet(torch.from_numpy(arrays[f"{p}_x"]), torch.from_numpy(arrays[f"{p}_y"]))
             for p in parts}
@@ -385,12 +385,23 @@ IMAGENET_LIKE = ("imgnet100", "imagenet", "imagenet-v2", "stylized-imagenet", "t
 SMOKE_TRAINING = {"epochs": 1, "max_train": 128}
 
 
-@functools.lru_cache(maxsize=4)
 def load_splits(dataset: str):
-    """``load_dataset`` memoised within a process (notebooks ask for the same set many times)."""
+    """``load_dataset`` memoised within a process (notebooks ask for the same set many times), by
+    name and by the content fingerprint of the dataset's files: files replaced meanwhile are read anew."""
+    from probelib.data import data_fingerprint
+
+    return _load_splits(dataset, data_fingerprint(dataset))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_splits(dataset: str, fingerprint: str):
     from probelib.data import load_dataset
 
-    return load_dataset(dataset)
+    splits = load_dataset(dataset)
+    if splits.fingerprint not in (None, fingerprint):
+        from probelib.data import DataChangedError
+        raise DataChangedError(f"the files of dataset {dataset!r} changed while they were read; load it again")
+    return splits
 
 
 def method_label(method: str, eps: float | None = None) -> str:

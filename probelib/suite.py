@@ -358,23 +358,20 @@ def execute_notebook(notebook: Notebook, output: Path, parameters: Mapping[str, 
     """
     import papermill
 
-    from probelib.store import remove_stale_temporaries
+    from probelib.store import writer_temporary
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(output.parent, f".{output.stem}.", ".partial.ipynb")  # of a killed earlier run
-    partial = output.with_name(f".{output.stem}.{os.getpid()}.partial.ipynb")
-    try:
-        papermill.execute_notebook(
-            str(notebook.path), str(partial), parameters=dict(parameters),
-            kernel_name="python3", language="python", cwd=str(cwd), progress_bar=progress_bar,
-            kernel_manager_class=kernel_manager_class(env), execution_timeout=execution_timeout)
-    except papermill.PapermillExecutionError:
+    # the in-progress copy is locked while papermill writes it; dead runs' copies are swept (by host,
+    # pid and lock, or by age), never a live run's on another host sharing the folder
+    with writer_temporary(output, ".partial.ipynb") as partial:
+        try:
+            papermill.execute_notebook(
+                str(notebook.path), str(partial), parameters=dict(parameters),
+                kernel_name="python3", language="python", cwd=str(cwd), progress_bar=progress_bar,
+                kernel_manager_class=kernel_manager_class(env), execution_timeout=execution_timeout)
+        except papermill.PapermillExecutionError:
+            os.replace(partial, output)
+            raise
         os.replace(partial, output)
-        raise
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, output)
 
 
 def _default_out(dataset: str | None) -> Path:

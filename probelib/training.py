@@ -52,7 +52,7 @@ from probelib.models.checkpoint import (CheckpointError, CheckpointMismatchError
                                         check_state_fits, plain, read_checkpoint, save_checkpoint, write_checkpoint)
 
 __all__ = ["METHODS", "TrainConfig", "default_config", "config_names", "get_config", "train",
-           "train_or_load", "natural_loss", "trades_loss", "trades_adversary", "at_loss", "mixup_loss",
+           "train_or_load", "checkpoint_key", "natural_loss", "trades_loss", "trades_adversary", "at_loss", "mixup_loss",
            "augment_batch", "subsample", "evaluate_accuracy", "TrainingDivergedError", "add_cli"]
 
 METHODS = ("natural", "trades", "at", "mixup")
@@ -287,12 +287,28 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
 
 
 def _data_signature(data: Dataset) -> str:
+    """A content fingerprint of a split: its tensors when in memory; for lazy sets the bytes of every
+    image file with its label, order and transform (``probelib.data.fingerprint.file_digest``,
+    memoised), through relabelled subsets, ``Subset`` and ``ConcatDataset``; any other dataset is
+    materialised and its tensors hashed (slow, never stale)."""
+    from probelib.data.core import as_tensors
+    from probelib.data.fingerprint import file_digest
     from probelib.store import fingerprint
 
     tensors = _in_memory(data)
     if tensors is not None:
         return fingerprint(*tensors)
-    return fingerprint(type(data).__name__, len(data))
+    if hasattr(data, "paths") and hasattr(data, "targets"):  # ImageFiles
+        return fingerprint("files-v1", [file_digest(p) for p in data.paths], [int(t) for t in data.targets],
+                           repr(getattr(data, "transform", None)))
+    if hasattr(data, "base") and hasattr(data, "indices") and hasattr(data, "label_map"):  # RelabelledSubset
+        return fingerprint("relabelled-v1", _data_signature(data.base), [int(i) for i in data.indices],
+                           sorted((int(k), int(v)) for k, v in data.label_map.items()))
+    if isinstance(data, torch.utils.data.Subset):
+        return fingerprint("subset-v1", _data_signature(data.dataset), [int(i) for i in data.indices])
+    if isinstance(data, torch.utils.data.ConcatDataset):
+        return fingerprint("concat-v1", [_data_signature(d) for d in data.datasets])
+    return fingerprint("materialised-v1", *as_tensors(data, desc="fingerprinting"))
 
 
 def _check_train_args(method: str, eps: float | None, beta: float, epochs: int, batch_size: int, optimizer: str,
@@ -792,45 +808,66 @@ def _splits_fingerprint(splits: Any) -> str:
     return fingerprint(*parts)
 
 
+def checkpoint_key(cfg: "TrainConfig", splits: Any = None) -> str:
+    """The store key of ``cfg``'s checkpoint: its config and the data it trains on (the splits'
+    content when given, else the fingerprint of ``cfg.dataset``'s files under the data root)."""
+    from probelib.data import data_fingerprint
+    from probelib.store import fingerprint
+
+    if splits is not None:
+        return fingerprint(cfg.key, _splits_fingerprint(splits))
+    return fingerprint(cfg.key, "data-files", data_fingerprint(cfg.dataset))
+
+
 def train_or_load(cfg: TrainConfig, splits: Any = None, device: str | torch.device | None = None,
                   store: Any = None, progress: bool = True) -> tuple[nn.Module, pd.DataFrame]:
     """The model ``cfg`` describes: loaded from the artifact store if trained before, else trained.
 
     The checkpoint lives at ``store.path("checkpoints", cfg.name, key, ".pt")`` with key =
-    ``cfg.key`` (plus a fingerprint of ``splits`` when they are passed explicitly, e.g. feature
-    datasets). Training writes a resumable state beside it after every epoch, so an
+    ``cfg.key`` plus the data: a fingerprint of ``splits`` when they are passed explicitly (e.g.
+    feature datasets), else ``probelib.data.data_fingerprint(cfg.dataset)`` (the dataset files'
+    contents), so replacing the data under the data root trains anew instead of reusing old weights. Training writes a resumable state beside it after every epoch, so an
     interrupted call resumes. Returns ``(model in eval mode, history DataFrame)``.
     """
-    from probelib.data import load_dataset
+    from probelib.data import DataChangedError, load_dataset
     from probelib.models import load_checkpoint
     from probelib.store import default_store, fingerprint
 
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig (see default_config), got {type(cfg).__name__}")
     store = store if store is not None else default_store()
-    key = cfg.key if splits is None else fingerprint(cfg.key, _splits_fingerprint(splits))
+    if splits is None and cfg.space == "feature":
+        raise ValueError(f"{cfg.name} trains on features: pass them as splits=... (a Splits whose train/test "
+                         "hold the backbone's feature vectors)")
+    key = checkpoint_key(cfg, splits)
     path = store.path("checkpoints", cfg.name, key, ".pt")
     if store.verify(path):
         model, meta = load_checkpoint(path, device=default_device(device))
         return model, pd.DataFrame(meta.get("history", []))
     if splits is None:
-        if cfg.space == "feature":
-            raise ValueError(f"{cfg.name} trains on features: pass them as splits=... (a Splits whose train/test "
-                             "hold the backbone's feature vectors)")
         splits = load_dataset(cfg.dataset)
+        if splits.fingerprint is not None and fingerprint(cfg.key, "data-files", splits.fingerprint) != key:
+            raise DataChangedError(f"the files of dataset {cfg.dataset!r} changed between the store lookup and "
+                                   "reading them; wait for the copy to finish and call train_or_load again")
     splits = cfg.prepare(splits)
     seed_everything(cfg.seed)
     model = cfg.build(splits)
     state_path = store.path("checkpoints", cfg.name, key, ".state.pt")
+    fresh_token = getattr(store, "fresh_token", None)
     if state_path.exists():  # a damaged resume state is recomputed, not used (a planted pickle still raises)
         try:
-            read_checkpoint(state_path)
+            state = read_checkpoint(state_path)
         except CheckpointError as err:
             if isinstance(err, UnsafeCheckpointError):
                 raise
             warnings.warn(f"{err}. Training {cfg.name} from epoch 0 instead.", stacklevel=2)
             state_path.unlink()
+        else:  # under --fresh, only a state written by this same fresh run is resumed
+            if fresh_token is not None and (state.get("metadata") or {}).get("fresh_token") != fresh_token:
+                state_path.unlink()
     meta = {"config": cfg.as_dict(), "config_key": key, "name": cfg.name, "dataset": cfg.dataset}
+    if fresh_token is not None:
+        meta["fresh_token"] = fresh_token
     model, history = train(model, splits, device=device, checkpoint_path=state_path, metadata=meta,
                            progress=progress, **cfg.train_kwargs())
     save_checkpoint(model, path, **meta, method=cfg.method, eps=cfg.eps, beta=cfg.beta, seed=cfg.seed,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import time
 from pathlib import Path
 
 import nbformat
@@ -30,7 +31,7 @@ from probelib.ncg import predict_labels
 from probelib.neighbours import knn
 from probelib.store import Store, file_sha256
 from probelib.suite import load_parameter_file, run_suite
-from probelib.training import default_config, train_or_load
+from probelib.training import checkpoint_key, default_config, train_or_load
 
 
 def _files(folder: Path) -> list[str]:
@@ -330,7 +331,7 @@ def test_planted_pickle_in_the_store_is_not_unpickled(tmp_path):
     path.parent.mkdir(parents=True)
     with open(path, "wb") as fh:
         np.savez(fh, indices=np.array([_Payload(marker)], dtype=object))
-    (path.parent / (path.name + ".seal.json")).write_text(json.dumps({"sha256": file_sha256(path), "sealed_at": 1e12}))
+    (path.parent / (path.name + ".seal.json")).write_text(json.dumps({"sha256": file_sha256(path), "sealed_at": time.time()}))
     assert store.verify(path)
     got = store.cached_arrays("neighbours", "x", "k" * 16, lambda: {"indices": np.arange(3)})
     assert np.array_equal(got["indices"], np.arange(3)) and not marker.exists()
@@ -343,13 +344,13 @@ def test_planted_pickle_in_a_store_checkpoint_and_training_state_is_refused(tmp_
     store = Store(tmp_path / "store")
     cfg = default_config("digits", "natural", epochs=1, max_train=40, max_test=20)
     evil = {"format": "probelib.checkpoint/1", "x": _Payload(marker)}
-    state = store.path("checkpoints", cfg.name, cfg.key, ".state.pt")
+    state = store.path("checkpoints", cfg.name, checkpoint_key(cfg), ".state.pt")
     state.parent.mkdir(parents=True)
     torch.save(evil, state)
     with pytest.raises(UnsafeCheckpointError, match=re.escape(str(state))):
         train_or_load(cfg, store=store, device="cpu", progress=False)
     state.unlink()
-    final = store.path("checkpoints", cfg.name, cfg.key, ".pt")
+    final = store.path("checkpoints", cfg.name, checkpoint_key(cfg), ".pt")
     torch.save(evil, final)
     store.seal(final)  # even sealed, it is loaded with weights_only=True
     with pytest.raises(UnsafeCheckpointError, match=re.escape(str(final))):

@@ -25,7 +25,7 @@ import torch
 from probelib import ncg
 from probelib.models.checkpoint import read_checkpoint
 from probelib.store import Store, file_sha256
-from probelib.training import default_config, train_or_load
+from probelib.training import checkpoint_key, default_config, train_or_load
 
 REPO = Path(__file__).resolve().parents[1]
 # A small BN WideResNet on the 8×8 digits: ~0.2 s per epoch, so a kill lands part way.
@@ -97,8 +97,8 @@ def test_training_killed_part_way_resumes_to_the_uninterrupted_weights(tmp_path,
              "from probelib.store import Store\nfrom probelib.training import default_config, train_or_load\n"
              f"train_or_load({TRAIN_CFG}, store=Store(sys.argv[1]), device='cpu', progress=False)\n")
     proc = _start(child, str(root))
-    state_path = Store(root).path("checkpoints", cfg.name, cfg.key, ".state.pt")
-    final_path = Store(root).path("checkpoints", cfg.name, cfg.key, ".pt")
+    state_path = Store(root).path("checkpoints", cfg.name, checkpoint_key(cfg), ".state.pt")
+    final_path = Store(root).path("checkpoints", cfg.name, checkpoint_key(cfg), ".pt")
     try:
         _wait_for(state_path.exists, proc)  # the first epoch's resumable state is on disk
     finally:
@@ -123,7 +123,7 @@ def test_damaged_training_state_is_recomputed_not_used(tmp_path, one_thread):
     cfg = default_config("digits", "natural", epochs=2, max_train=200, max_test=50)
     full, _ = train_or_load(cfg, store=Store(tmp_path / "full"), device="cpu", progress=False)
     store = Store(tmp_path / "damaged")
-    state_path = store.path("checkpoints", cfg.name, cfg.key, ".state.pt")
+    state_path = store.path("checkpoints", cfg.name, checkpoint_key(cfg), ".state.pt")
     state_path.parent.mkdir(parents=True)
     state_path.write_bytes(b"PK\x03\x04 half of a resumable state")  # damaged outside probelib
     with pytest.warns(UserWarning, match=r"damaged.*Training .* from epoch 0 instead"):
@@ -257,20 +257,22 @@ def _dead_pid() -> int:
 
 
 def test_temporaries_of_a_killed_writer_are_swept_by_the_next_write(tmp_path):
-    from probelib.store import atomic_write, write_text_atomic
+    from probelib.store import _host, atomic_write, write_text_atomic
     target = tmp_path / "table.csv"
-    stale = tmp_path / f".table.csv.{_dead_pid()}.k3j1.tmp"          # a writer killed mid-write
-    live = tmp_path / f".table.csv.{os.getppid()}.x9a2.tmp"            # a writer still running
-    other = tmp_path / f".other.csv.{_dead_pid()}.abcd.tmp"            # another file's: its own write sweeps it
-    for f in (stale, live, other):
+    here = _host()
+    stale = tmp_path / f".table.csv.{_dead_pid()}@{here}.k3j1.tmp"     # a writer on this host killed mid-write
+    live = tmp_path / f".table.csv.{os.getppid()}@{here}.x9a2.tmp"     # a writer still running
+    legacy = tmp_path / f".table.csv.{_dead_pid()}.m2n3.tmp"           # no host named: may be another host's
+    other = tmp_path / f".other.csv.{_dead_pid()}@{here}.abcd.tmp"     # another file's: its own write sweeps it
+    for f in (stale, live, legacy, other):
         f.write_text("half")
     with atomic_write(target) as tmp:
-        assert tmp.name.startswith(f".table.csv.{os.getpid()}.") and not stale.exists()
+        assert tmp.name.startswith(f".table.csv.{os.getpid()}@{here}.") and not stale.exists()
         tmp.write_text("a,b\n")
-    assert target.read_text() == "a,b\n" and live.exists() and other.exists()
+    assert target.read_text() == "a,b\n" and live.exists() and legacy.exists() and other.exists()
     write_text_atomic(tmp_path / "other.csv", "x")
     assert not other.exists()
-    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(["table.csv", "other.csv", live.name])
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(["table.csv", "other.csv", live.name, legacy.name])
 
 
 # ----------------------------------------------------------------------------- the audit

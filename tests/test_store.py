@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,3 +76,114 @@ def test_fresh_since_recomputes_once(tmp_path, monkeypatch):
     store = default_store(tmp_path)
     assert store.cached_json("k", "n", "key", lambda: {"v": 2}) == {"v": 2}
     assert store.cached_json("k", "n", "key", lambda: {"v": 3}) == {"v": 2}
+
+
+# ----------------------------------------------------------------------------- seals: type and time
+@pytest.mark.parametrize("seal", [
+    "[1, 2]", "null", "42", '"text"', "{}", '{"sha256": null, "sealed_at": 1}',
+    '{"sha256": 123, "sealed_at": 1}', '{"sealed_at": 1}', '{"sha256": "%s", "sealed_at": "yesterday"}',
+    '{"sha256": "%s", "sealed_at": null}', '{"sha256": "%s", "sealed_at": true}',
+    '{"sha256": "%s", "sealed_at": NaN}', '{"sha256": "%s", "sealed_at": 1e300}',
+    '{"sha256": ["%s"], "sealed_at": 1}', '{"sha256": "%s", "sealed_at": 1, "meta": [1]}',
+])
+def test_malformed_seal_means_recompute_never_a_crash(tmp_path, seal):
+    store = Store(tmp_path)
+    store.cached_json("k", "n", "key", lambda: {"v": 1})
+    path = store.path("k", "n", "key", ".json")
+    sha = json.loads(path.with_name(path.name + ".seal.json").read_text())["sha256"]
+    path.with_name(path.name + ".seal.json").write_text(seal.replace("%s", sha))
+    assert store.verify(path) is False
+    assert store.cached_json("k", "n", "key", lambda: {"v": 2}) == {"v": 2}
+    assert store.verify(path) is True
+
+
+def test_fresh_recomputes_even_a_seal_dated_in_the_future(tmp_path, monkeypatch):
+    store = Store(tmp_path)
+    store.cached_json("k", "n", "key", lambda: {"v": 1})
+    path = store.path("k", "n", "key", ".json")
+    seal = path.with_name(path.name + ".seal.json")
+    record = json.loads(seal.read_text())
+    seal.write_text(json.dumps(dict(record, sealed_at=time.time() + 10 * 86400)))  # a skewed clock
+    monkeypatch.setenv("PROBELIB_FRESH_SINCE", repr(time.time()))
+    fresh = default_store(tmp_path)
+    assert fresh.cached_json("k", "n", "key", lambda: {"v": 2}) == {"v": 2}
+    assert default_store(tmp_path).cached_json("k", "n", "key", lambda: {"v": 3}) == {"v": 2}  # once per run
+    monkeypatch.setenv("PROBELIB_FRESH_SINCE", repr(time.time() + 1))  # the next --fresh run
+    assert default_store(tmp_path).cached_json("k", "n", "key", lambda: {"v": 4}) == {"v": 4}
+
+
+# ----------------------------------------------------------------------------- shared folders
+def test_atomic_writes_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        store = Store(tmp_path)
+        store.cached_arrays("neighbours", "demo", "k" * 64, lambda: {"a": np.arange(3)})
+        store.cached_json("tables", "t", "abc", lambda: {"x": 1})
+        with atomic_write(tmp_path / "plain.txt") as tmp:
+            tmp.write_text("x")
+        files = [p for p in tmp_path.rglob("*") if p.is_file()]
+        assert len(files) == 5
+        assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o644)}
+        os.umask(0o027)
+        with atomic_write(tmp_path / "group.txt") as tmp:
+            tmp.write_text("x")
+        assert (tmp_path / "group.txt").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
+def _other_host_writer(folder, name: str, suffix: str = ".tmp", age_s: float = 0.0) -> Path:
+    """A temporary as a live writer on another host names it: a pid that does not run here."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    tmp = Path(folder) / f".{name}.{proc.pid}@otherhost.abcd{suffix}"
+    tmp.write_text("half-written by a live writer elsewhere")
+    if age_s:
+        os.utime(tmp, (time.time() - age_s, time.time() - age_s))
+    return tmp
+
+
+def test_sweep_never_deletes_another_hosts_live_temporary(tmp_path):
+    from probelib.store import remove_stale_temporaries, write_text_atomic
+
+    other = _other_host_writer(tmp_path, "table.csv")
+    legacy = _other_host_writer(tmp_path, "table.csv")  # the pre-host naming: .<name>.<pid>.<rand>.tmp
+    legacy = legacy.rename(tmp_path / f".table.csv.{legacy.name.split('.')[3].split('@')[0]}.k3j1.tmp")
+    write_text_atomic(tmp_path / "table.csv", "a,b\n")
+    assert other.exists() and legacy.exists()
+    remove_stale_temporaries(tmp_path, ".table.csv.", ".tmp")
+    assert other.exists() and legacy.exists()
+    # the notebook runner's in-progress copies follow the same rule
+    partial = _other_host_writer(tmp_path, "01_slow", ".partial.ipynb")
+    remove_stale_temporaries(tmp_path, ".01_slow.", ".partial.ipynb")
+    assert partial.exists()
+
+
+def test_sweep_removes_dead_writers_temporaries_by_age_and_lock(tmp_path):
+    import fcntl
+
+    from probelib.store import STALE_AFTER_S, remove_stale_temporaries
+
+    old = 2 * STALE_AFTER_S
+    dead = _other_host_writer(tmp_path, "table.csv", age_s=old)             # lock free and old: swept
+    held = _other_host_writer(tmp_path, "table.csv", age_s=old)             # old but its lock is held: kept
+    held = held.rename(held.with_name(held.name.replace("abcd", "efgh")))
+    lock = held.with_name(held.name + ".lock")
+    lock.write_text("")
+    os.utime(lock, (time.time() - old, time.time() - old))
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+                               str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with open(lock) as fh:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        removed = remove_stale_temporaries(tmp_path, ".table.csv.", ".tmp")
+        assert dead in removed and not dead.exists()
+        assert held.exists() and lock.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    remove_stale_temporaries(tmp_path, ".table.csv.", ".tmp")
+    assert not held.exists() and not lock.exists()

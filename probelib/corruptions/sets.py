@@ -79,9 +79,121 @@ def _read_sidecar(folder: Path, corruption: str) -> dict | None:
         raise CorruptedSetError(f"unreadable sidecar {path}: {err}; delete it and regenerate the set") from err
 
 
+# --------------------------------------------------------------------------- manifest
+# A set written by probelib is committed by ``manifest.json``, written last and atomically after
+# every corruption: it lists the size and SHA-256 of every file of the set (labels.npy, each
+# <corruption>.npy and its .json sidecar) and what the set was computed from. Readers use only
+# files the manifest lists and whose bytes match it; a crash at any point leaves either the
+# previous committed state or files the manifest does not list (ignored, then rewritten).
+MANIFEST = "manifest.json"
+_MANIFEST_FORMAT = "probelib corrupted set"
+
+
+def _regenerate_hint(folder: Path, meta: dict | None = None) -> str:
+    meta = meta or {}
+    args = [meta.get("dataset") or "<dataset>", "--split", meta.get("split") or "test", "--out", str(folder)]
+    if meta.get("severities") and list(meta["severities"]) != list(SEVERITIES):
+        args += ["--severities", ",".join(str(s) for s in meta["severities"])]
+    if meta.get("seed"):
+        args += ["--seed", str(meta["seed"])]
+    return (f"regenerate it with `python -m probelib corrupt {' '.join(args)} --corruptions ...` (or "
+            "write_corrupted with the same inputs), which rewrites only what is missing or damaged")
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    """The parsed manifest, None when there is none; CorruptedSetError when it is malformed."""
+    path = folder / MANIFEST
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise CorruptedSetError(f"cannot read {path}: {err}; {_regenerate_hint(folder)}") from err
+    try:
+        record = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise CorruptedSetError(f"{path} is not valid JSON ({err}); {_regenerate_hint(folder)}") from err
+    files = record.get("files") if isinstance(record, dict) else None
+    ok = (isinstance(record, dict) and record.get("format") == _MANIFEST_FORMAT and isinstance(record.get("meta"), dict)
+          and isinstance(files, dict) and all(
+              isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("sha256"), str)
+              and isinstance(v.get("size"), int) and not isinstance(v.get("size"), bool) for k, v in files.items()))
+    if not ok:
+        raise CorruptedSetError(f"{path} is not a probelib corrupted-set manifest; {_regenerate_hint(folder)}")
+    return record
+
+
+def _file_entry(path: Path) -> dict:
+    from probelib.data.fingerprint import file_digest
+
+    return {"size": path.stat().st_size, "sha256": file_digest(path)}
+
+
+def _matches(folder: Path, name: str, manifest: dict) -> bool:
+    """Whether ``folder/name`` is listed in ``manifest`` and its bytes are the ones listed."""
+    entry = manifest["files"].get(name)
+    path = folder / name
+    if entry is None:
+        return False
+    try:
+        return path.stat().st_size == entry["size"] and _file_entry(path)["sha256"] == entry["sha256"]
+    except OSError:
+        return False
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    from probelib.store import write_text_atomic
+
+    write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def _probelib_written(folder: Path) -> bool:
+    """Whether a folder without a manifest holds probelib sidecars (an uncommitted probelib set)."""
+    for side in folder.glob("*.json"):
+        if side.stem in CORRUPTIONS:
+            try:
+                record = json.loads(side.read_text())
+            except (OSError, ValueError):
+                return True
+            if isinstance(record, dict) and "generator" in record:
+                return True
+    return False
+
+
+def _check_committed(folder: Path, corruption: str) -> None:
+    """Refuse a corruption of a probelib-written set unless the manifest commits its files as they are.
+    Sets without a manifest and without probelib sidecars (the published ones) pass unchecked."""
+    manifest = _read_manifest(folder)
+    if manifest is None:
+        if _probelib_written(folder):
+            raise CorruptedSetError(
+                f"{folder} was written by probelib but has no {MANIFEST} (the run was interrupted before it "
+                f"committed anything, or the manifest was deleted), so its files may disagree; "
+                f"{_regenerate_hint(folder)}")
+        return
+    meta = manifest["meta"]
+    names = ["labels.npy", f"{corruption}.npy", f"{corruption}.json"]
+    listed = [n for n in names if n in manifest["files"]]
+    if f"{corruption}.npy" not in listed and (folder / f"{corruption}.npy").exists():
+        raise CorruptedSetError(f"{folder / f'{corruption}.npy'} is not committed in {folder / MANIFEST} (its write "
+                                f"was interrupted, or it belongs to another run); {_regenerate_hint(folder, meta)}")
+    for name in names:
+        if name not in manifest["files"]:
+            raise CorruptedSetError(f"{folder / name} is not committed in {folder / MANIFEST}; "
+                                    f"{_regenerate_hint(folder, meta)}")
+        if not _matches(folder, name, manifest):
+            raise CorruptedSetError(f"{folder / name} does not match {folder / MANIFEST} (size or SHA-256 differ: "
+                                    f"damaged, truncated or replaced since it was written); "
+                                    f"{_regenerate_hint(folder, meta)}")
+
+
 def available_corruptions(dataset: str | os.PathLike, root=None) -> list[str]:
-    """The corruptions a set on disk holds (discovered from its files, in canonical order)."""
+    """The corruptions a set on disk holds (discovered from its files, in canonical order; for a
+    set written by probelib, those its manifest commits)."""
     folder, _ = _set_folder(dataset, root)
+    manifest = _read_manifest(folder) if folder.is_dir() else None
+    if manifest is not None:
+        return [c for c in CORRUPTIONS if f"{c}.npy" in manifest["files"]]
     return [c for c in CORRUPTIONS if (folder / f"{c}.npy").exists() or (folder / c).is_dir()]
 
 
@@ -102,6 +214,7 @@ def _load_npy_set(folder: Path, corruption: str, severity: int):
     from probelib.data import TensorSet
 
     path = folder / f"{corruption}.npy"
+    _check_committed(folder, corruption)
     arr = _open_npy(path)
     side = _read_sidecar(folder, corruption)
     sevs = list(side.get("severities", SEVERITIES)) if side else list(SEVERITIES)
@@ -225,30 +338,21 @@ def _source_images(dataset: str, split: str, root) -> tuple[np.ndarray, np.ndarr
     return _to_uint8_nhwc(x), y.numpy()
 
 
-def _complete(folder: Path, corruption: str, meta: dict, shape: tuple) -> bool:
-    path = folder / f"{corruption}.npy"
-    if not path.exists():
-        return False
-    try:
-        side = _read_sidecar(folder, corruption)
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (CorruptedSetError, ValueError, OSError, EOFError):
-        return False
-    keys = ("dataset", "split", "seed", "severities", "n", "image_shape", "generator")
-    return bool(side) and all(side.get(k) == meta[k] for k in keys) and arr.shape == shape
-
-
 def write_corrupted(images: np.ndarray, labels: np.ndarray, out: str | os.PathLike,
                     corruptions: Sequence[str] | None = None, severities: Sequence[int] = SEVERITIES,
                     seed: int = 0, *, dataset: str = "", split: str = "", batch_size: int = 2000,
-                    progress: bool = True) -> Path:
+                    progress: bool = True, provenance: dict | None = None) -> Path:
     """Write ``<out>/<corruption>.npy`` (rows severity-major, one N-block per severity in
-    ``severities``), ``labels.npy`` and a JSON sidecar per corruption, atomically.
+    ``severities``), ``labels.npy``, a JSON sidecar per corruption and ``manifest.json``.
 
-    ``images``: uint8 N×H×W×C. Complete files (matching sidecar and shape) are skipped, so an
-    interrupted run resumes. Grey images are stored N×H×W×1.
+    ``images``: uint8 N×H×W×C (grey images are stored N×H×W×1). Every file is written atomically
+    and the manifest (size and SHA-256 of every file, and what the set was computed from: the
+    source images and labels, seed, severities, generator version, ``provenance``) is rewritten
+    last after each corruption, so readers see only committed corruptions whose files agree.
+    Corruptions already committed for the same inputs are skipped, so an interrupted run resumes;
+    other inputs (new labels or images, another seed) first withdraw the old commit, then rewrite.
     """
-    from probelib.store import atomic_write, write_text_atomic
+    from probelib.store import atomic_write, fingerprint, write_text_atomic
 
     corruptions = list(CORRUPTIONS if corruptions is None else corruptions)
     for c in corruptions:
@@ -266,29 +370,43 @@ def write_corrupted(images: np.ndarray, labels: np.ndarray, out: str | os.PathLi
     if labels.shape != (len(images),):
         raise ValueError(f"labels must have shape ({len(images)},), got {labels.shape}")
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     n = len(images)
     rows = n * len(severities)
     shape = (rows, *images.shape[1:])
-    meta = {"dataset": dataset, "split": split, "seed": int(seed), "severities": severities, "n": n,
-            "image_shape": list(images.shape[1:]), "generator": GENERATOR_VERSION}
     lab_dtype = np.uint8 if labels.size == 0 or (labels.min() >= 0 and labels.max() < 256) else np.int64
     all_labels = np.tile(labels.astype(lab_dtype), len(severities))
-    lab_path = out / "labels.npy"
-    existing = None
-    if lab_path.exists():
-        try:
-            existing = np.load(lab_path, allow_pickle=False)
-        except (ValueError, OSError, EOFError):
-            existing = None
-    if existing is None or not np.array_equal(existing, all_labels):
-        with atomic_write(lab_path) as tmp:
+    meta = {"dataset": dataset, "split": split, "seed": int(seed), "severities": severities, "n": n,
+            "image_shape": list(images.shape[1:]), "generator": GENERATOR_VERSION,
+            "source": fingerprint("corrupted-set-source-v1", images, all_labels)}
+    if provenance:
+        meta["provenance"] = json.loads(json.dumps(provenance))
+    try:
+        manifest = _read_manifest(out)
+    except CorruptedSetError:
+        manifest = None
+    if manifest is None or manifest["meta"] != meta:
+        # other inputs (or no commit yet): withdraw every commit before any file is touched
+        manifest = {"format": _MANIFEST_FORMAT, "version": 1, "meta": meta, "files": {}}
+        _write_manifest(out, manifest)
+    if not _matches(out, "labels.npy", manifest):
+        manifest["files"].pop("labels.npy", None)
+        _write_manifest(out, manifest)
+        with atomic_write(out / "labels.npy") as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, all_labels)
+        manifest["files"]["labels.npy"] = _file_entry(out / "labels.npy")
+        _write_manifest(out, manifest)
     bar = tqdm(corruptions, desc="corrupting", disable=not progress)
     for c in bar:
         bar.set_postfix_str(c)
-        if _complete(out, c, meta, shape):
+        names = (f"{c}.npy", f"{c}.json")
+        if all(_matches(out, name, manifest) for name in names):
             continue
+        if any(name in manifest["files"] for name in names):
+            for name in names:
+                manifest["files"].pop(name, None)
+            _write_manifest(out, manifest)
         with atomic_write(out / f"{c}.npy") as tmp:
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
             for b, s in enumerate(severities):
@@ -304,26 +422,44 @@ def write_corrupted(images: np.ndarray, labels: np.ndarray, out: str | os.PathLi
                     layout="rows severity-major: row b*n + i = image i at severities[b]",
                     versions=_versions())
         write_text_atomic(out / f"{c}.json", json.dumps(side, indent=1))
+        for name in names:
+            manifest["files"][name] = _file_entry(out / name)
+        _write_manifest(out, manifest)
     return out
+
+
+def _mnist5k_c_complete(folder: Path, provenance: dict) -> bool:
+    """Whether the generated mnist5k-c under ``folder`` is committed whole, for the current data and
+    generator, with every file matching its manifest."""
+    try:
+        manifest = _read_manifest(folder)
+    except CorruptedSetError:
+        return False
+    if manifest is None:
+        return False
+    meta = manifest["meta"]
+    expected = {"dataset": "mnist5k", "split": "test", "seed": 0, "severities": list(SEVERITIES),
+                "generator": GENERATOR_VERSION, "provenance": provenance}
+    if any(meta.get(k) != v for k, v in expected.items()):
+        return False
+    names = ["labels.npy"] + [f"{c}{ext}" for c in CORRUPTIONS for ext in (".npy", ".json")]
+    return all(_matches(folder, name, manifest) for name in names)
 
 
 def ensure_mnist5k_c(root: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """Generate ``<data root>/mnist5k-c`` (mnist5k test split, 19 corruptions × 5 severities,
-    seed 0) unless it is already complete; return its folder."""
-    from probelib.data import data_root
+    seed 0) unless it is already complete for the current mnist5k data and generator (its
+    manifest commits every file and the files match it); return its folder. A damaged,
+    interrupted or stale set is regenerated (only the parts that need it)."""
+    from probelib.data import data_fingerprint, data_root
 
     folder = data_root(root) / PUBLISHED["mnist5k-c"].folder
-    def current(c: str) -> bool:
-        try:
-            return (_read_sidecar(folder, c) or {}).get("generator") == GENERATOR_VERSION
-        except CorruptedSetError:
-            return False
-
-    if (folder / "labels.npy").exists() and all(current(c) for c in CORRUPTIONS):
+    provenance = {"mnist5k_files": data_fingerprint("mnist5k", root)}
+    if _mnist5k_c_complete(folder, provenance):
         return folder
     x, y = _source_images("mnist5k", "test", root)
     return write_corrupted(x, y, folder, CORRUPTIONS, SEVERITIES, 0, dataset="mnist5k", split="test",
-                           progress=progress)
+                           progress=progress, provenance=provenance)
 
 
 def _split_list(text: str | None, kind: str) -> list[str] | None:
@@ -363,7 +499,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         description="Write DIR/<corruption>.npy (rows severity-major: one block of N images per "
                     "severity, in ascending order; all five unless --severities restricts them, "
                     "recorded in DIR/<corruption>.json), DIR/labels.npy (the labels repeated per "
-                    "severity block). Complete files are skipped, so re-running resumes.")
+                    "severity block) and DIR/manifest.json (size and SHA-256 of every file, written "
+                    "last: readers use only what it commits). Committed files for the same inputs are "
+                    "skipped, so re-running resumes or repairs.")
     p.add_argument("dataset", help="a dataset name load_dataset knows (mnist5k, digits, cifar10, ...)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--corruptions", default=None,

@@ -19,9 +19,10 @@ import torch
 from probelib._util import unknown_name
 from probelib.data import embedded, files
 from probelib.data.core import DatasetNotFoundError, RelabelledSubset, Splits, TensorSet, as_tensors
+from probelib.data.fingerprint import DataChangedError, data_fingerprint
 
 __all__ = ["load_dataset", "dataset_names", "data_root", "dataset_status", "held_out_label_map", "apply_label_map",
-           "Splits", "TensorSet", "DatasetNotFoundError", "as_tensors"]
+           "Splits", "TensorSet", "DatasetNotFoundError", "as_tensors", "data_fingerprint", "DataChangedError"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ _BASES: dict[str, _Base] = {
     "stylized-imagenet": _Base(files.stylized_imagenet, 1000, False, False,
                                "Stylized-ImageNet val folder (test only), 224 px"),
 }
+
+# bases read whole into memory from a few files: fingerprinted on every load (folder sets are lazy:
+# their image files are hashed when a cache key needs them)
+_IN_MEMORY = {"mnist5k", "digits", "mnist", "cifar10", "cifar100", "cifar100coarse"}
 
 _WO = re.compile(r"^(?P<base>.+?)wo(?P<k>\d+)$")
 
@@ -150,10 +155,17 @@ def load_dataset(name: str, root: str | os.PathLike | None = None) -> Splits:
     """
     base, k = parse_name(name)
     spec = _BASES[base]
+    before = data_fingerprint(name, root) if base in _IN_MEMORY else None
     train, test, class_names, image_shape = spec.loader(data_root(root))
+    fp = None
+    if before is not None:  # checked before and after reading: a file replaced meanwhile is refused
+        fp = data_fingerprint(name, root)
+        if fp != before:
+            raise DataChangedError(f"the files of dataset {name!r} under {data_root(root)} changed while they were "
+                                   "read; wait for the copy to finish, then load it again")
     if k is None:
         return Splits(name, base, train, test, len(class_names), list(class_names),
-                      image_shape=image_shape)
+                      image_shape=image_shape, fingerprint=fp)
     mapping = held_out_label_map(base, len(class_names), k)
     new_names = [""] * (len(class_names) - 1)
     for old, new in mapping.items():
@@ -165,7 +177,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None) -> Splits:
         ood = torch.utils.data.ConcatDataset(ood_parts)
     return Splits(name, base, _hold_out(train, mapping), _hold_out(test, mapping),
                   len(new_names), new_names, held_out=k, held_out_name=class_names[k],
-                  ood=ood, image_shape=image_shape)
+                  ood=ood, image_shape=image_shape, fingerprint=fp)
+
 
 
 def dataset_status(root: str | os.PathLike | None = None) -> list[dict]:

@@ -71,7 +71,9 @@ class Splits:
 
     ``train``/``test`` hold the seen classes (relabelled 0..C-1 for ``…woK`` names); ``ood``
     holds the unseen class K's images (its train split, then its test split) with label -1,
-    or is ``None`` when no class is held out.
+    or is ``None`` when no class is held out. ``fingerprint`` is the content fingerprint of the
+    files the splits were read from (``probelib.data.data_fingerprint``; None for lazy folder sets
+    and splits built by hand: cache keys then hash the tensors or the image files themselves).
     """
 
     name: str
@@ -84,6 +86,7 @@ class Splits:
     held_out_name: str | None = None
     ood: Dataset | None = None
     image_shape: tuple[int, int, int] = field(default=(1, 28, 28))
+    fingerprint: str | None = field(default=None, compare=False)  # data_fingerprint of the files read
 
     def __repr__(self) -> str:
         parts = [f"train={len(self.train)}", f"test={len(self.test)}"]

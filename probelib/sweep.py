@@ -450,7 +450,7 @@ def _run_ray(todo: list[RunSpec], resources: Mapping[str, float], address: str |
     try:
         import ray
     except ImportError:
-        raise RuntimeError("--engine ray needs Ray: pip install 'ray==2.60.0' (see requirements.txt), "
+        raise ValueError("--engine ray needs Ray: pip install 'ray==2.60.0' (see requirements.txt), "
                            "or run the grid without it: --engine local") from None
     from tqdm.auto import tqdm
 
@@ -561,21 +561,24 @@ def _run_verdicts(folder: Path) -> list[tuple[str, str]]:
 
 def stack_tables(grid: Grid, finished: Sequence[RunSpec]) -> dict[str, pd.DataFrame]:
     """Every table the finished runs wrote (``tables/<name>.csv``), stacked into one per name with the
-    grid's axes as leading index levels, in grid order."""
-    frames: dict[str, list[pd.DataFrame]] = {}
+    grid's axes as leading index levels, in grid order. An axis whose name is also a column of the
+    table (e.g. ``dataset``) becomes the level ``run_<axis>``."""
+    frames: dict[str, list[tuple[RunSpec, pd.DataFrame]]] = {}
     for spec in finished:
         folder = Path(spec.folder) / "tables"
-        if not folder.is_dir():
-            continue
-        for csv in sorted(folder.glob("*.csv")):
-            df = pd.read_csv(csv)
-            for i, (axis, value) in enumerate(spec.axes.items()):
-                df.insert(i, axis, value if isinstance(value, (str, int, float, bool)) else json.dumps(value))
-            frames.setdefault(csv.stem, []).append(df)
+        if folder.is_dir():
+            for csv in sorted(folder.glob("*.csv")):
+                frames.setdefault(csv.stem, []).append((spec, pd.read_csv(csv)))
     stacked = {}
     for name, parts in sorted(frames.items()):
-        df = pd.concat(parts, ignore_index=True)
-        stacked[name] = df.set_index(list(grid.axes))
+        columns = set().union(*(df.columns for _, df in parts))
+        level = {axis: f"run_{axis}" if axis in columns else axis for axis in grid.axes}
+        tagged = []
+        for spec, df in parts:
+            for i, (axis, value) in enumerate(spec.axes.items()):
+                df.insert(i, level[axis], value if isinstance(value, (str, int, float, bool)) else json.dumps(value))
+            tagged.append(df)
+        stacked[name] = pd.concat(tagged, ignore_index=True).set_index(list(level.values()))
     return stacked
 
 

@@ -174,3 +174,20 @@ def test_ray_and_local_engines_give_the_same_cross_run_table(local_sweep, tmp_pa
     assert list(local["dataset"]) == [f"digitswo{k}" for k in (1, 1, 2, 2, 3, 3, 4, 4)]
     assert {"ncg", "ncg_lo", "ncg_hi"} <= set(local.columns)
     pd.testing.assert_frame_equal(on_ray, local)
+
+
+def test_stacked_tables_put_the_axes_first_and_rename_clashing_ones(tmp_path):
+    from probelib.sweep import stack_tables
+
+    grid = parse_grid({"only": ["01"], "grid": {"dataset": ["digitswo1", "digitswo2"], "eps": [1.0, 2.0]}},
+                      out=tmp_path / "sweep")
+    for spec in grid.runs:  # what each run's notebook wrote
+        folder = Path(spec.folder) / "tables"
+        folder.mkdir(parents=True)
+        pd.DataFrame({"dataset": [spec.axes["dataset"]] * 2, "method": ["natural", "trades"],
+                      "ncg": [spec.axes["eps"], -spec.axes["eps"]]}).to_csv(folder / "pixel_ncg.csv", index=False)
+    table = stack_tables(grid, grid.runs)["pixel_ncg"]
+    assert table.index.names == ["run_dataset", "eps"]  # 'dataset' is also a column of the table
+    assert list(table.index) == [(d, e) for d in ("digitswo1", "digitswo2") for e in (1.0, 2.0) for _ in range(2)]
+    assert list(table["ncg"]) == [1.0, -1.0, 2.0, -2.0] * 2
+    assert (table["dataset"] == table.index.get_level_values("run_dataset")).all()

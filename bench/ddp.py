@@ -8,6 +8,10 @@ gradients every step); single: one process with ``torch.set_num_threads(2)``.
 
     .venv/bin/python bench/ddp.py [--max-train 2048] [--epochs 2]
 
+A third line times one process with one thread, for reference: on a machine where other jobs
+hold the cores, two OpenMP threads in one process can be slower than one (they spin waiting
+for each other), which flatters DDP in the ratio.
+
 Last line: ``ddp throughput vs single: <ratio>`` (DDP samples/s over single's; on 2 cores,
 >= 0.8 shows the wiring adds little).
 """
@@ -66,13 +70,17 @@ def main() -> None:
         single = Path(tmp) / "single.json"
         subprocess.run([sys.executable, str(script), "2", *common, str(single)],
                        env={**env, "OMP_NUM_THREADS": "2"}, check=True)
+        one = Path(tmp) / "one.json"  # reference: one process, one thread
+        subprocess.run([sys.executable, str(script), "1", *common, str(one)],
+                       env={**env, "OMP_NUM_THREADS": "1"}, check=True)
         ddp = Path(tmp) / "ddp.json"
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                         "127.0.0.1", "--master_port", str(_free_port()), str(script), "1", *common, str(ddp)],
                        env={**env, "OMP_NUM_THREADS": "1"}, check=True)
-        s, d = json.loads(single.read_text()), json.loads(ddp.read_text())
+        s, o, d = (json.loads(p.read_text()) for p in (single, one, ddp))
     print(f"single (1 process, 2 threads): {s['samples_per_s']:8.1f} samples/s ({s['n']} images x {args.epochs} "
           f"epochs in {s['seconds']:.1f} s)")
+    print(f"reference (1 process, 1 thread): {o['samples_per_s']:6.1f} samples/s ({o['seconds']:.1f} s)")
     print(f"ddp (2 processes x 1 thread):  {d['samples_per_s']:8.1f} samples/s ({d['seconds']:.1f} s)")
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     print(f"ddp throughput vs single: {d['samples_per_s'] / s['samples_per_s']:.2f}")

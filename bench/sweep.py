@@ -47,8 +47,23 @@ def main() -> None:
         for engine in args.order.split(","):
             grid = load_grid(grid_file, out=Path(tmp) / engine / "out", store=Path(tmp) / engine / "store")
             t0 = time.perf_counter()
-            result = run_sweep(grid, engine=engine, num_cpus=args.num_cpus, quiet=True)
+            if engine == "ray":  # started here (run_sweep then uses it) to time the start on its own
+                import ray
+
+                from probelib.sweep import _start_local_ray
+
+                _start_local_ray(args.num_cpus, {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}}, quiet=True)
+                started = time.perf_counter()
+            try:
+                result = run_sweep(grid, engine=engine, num_cpus=args.num_cpus, quiet=True)
+            finally:
+                ran = time.perf_counter()
+                if engine == "ray":
+                    ray.shutdown()
             times[engine] = time.perf_counter() - t0
+            if engine == "ray":
+                print(f"ray: start {started - t0:.1f} s, runs {ran - started:.1f} s, "
+                      f"shutdown {time.perf_counter() - ran:.1f} s", flush=True)
             if not result.ok:
                 raise SystemExit(f"{engine}: a run failed: {[o.error for o in result.outcomes if o.error]}")
             per_run = ", ".join(f"{o.elapsed_s:.1f}" for o in result.outcomes)

@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 __all__ = ["DistContext", "launched_by_torchrun", "init_distributed", "context", "is_main_process", "barrier",
            "shutdown", "local_batch_size", "wrap_model", "shard_batches", "all_reduce_sums", "gather_objects",
-           "evaluate_accuracy_sharded"]
+           "evaluate_accuracy_sharded", "steps_per_epoch"]
 
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 

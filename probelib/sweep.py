@@ -436,7 +436,7 @@ def _start_local_ray(num_cpus: int, runtime_env: Mapping[str, Any], quiet: bool,
             ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=dict(runtime_env),
                      log_to_driver=not quiet,
                      # the raylet waits for its (Python) agents; on a busy machine they start slowly
-                     _system_config={"agent_register_timeout_ms": 120_000})
+                     _system_config={"agent_register_timeout_ms": 120_000, "raylet_start_wait_time_s": 120})
             return
         except Exception as err:  # Ray raises a bare Exception for the start-up timeout
             ray.shutdown()

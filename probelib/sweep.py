@@ -451,7 +451,7 @@ def _run_ray(todo: list[RunSpec], resources: Mapping[str, float], address: str |
         import ray
     except ImportError:
         raise ValueError("--engine ray needs Ray: pip install 'ray==2.60.0' (see requirements.txt), "
-                           "or run the grid without it: --engine local") from None
+                         "or run the grid without it: --engine local") from None
     from tqdm.auto import tqdm
 
     say = _say(quiet)
@@ -469,8 +469,8 @@ def _run_ray(todo: list[RunSpec], resources: Mapping[str, float], address: str |
         for k, ray_name in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
             if resources[k] > total.get(ray_name, 0):
                 raise ValueError(f"each run declares {k}={resources[k]:g}, but the Ray cluster has "
-                                   f"{total.get(ray_name, 0):g} {ray_name} in all, so no run could be placed; "
-                                   f"lower resources.{k} in the grid (or --{k.replace('_', '-')}), or add nodes")
+                                 f"{total.get(ray_name, 0):g} {ray_name} in all, so no run could be placed; "
+                                 f"lower resources.{k} in the grid (or --{k.replace('_', '-')}-per-run), or add nodes")
         task = ray.remote(execute_run)
         options = dict(num_cpus=resources["num_cpus"], num_gpus=resources["num_gpus"], max_retries=1,
                        retry_exceptions=False)

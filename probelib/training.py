@@ -45,6 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from probelib import distributed
 from probelib._util import check_choice, check_positive, default_device, seed_everything, unknown_name
 from probelib.attacks import eval_mode, input_bounds, pgd
 from probelib.models import build_model
@@ -381,7 +382,8 @@ def train(model: nn.Module, splits: Any, method: str = "natural", eps: float | N
             raise TypeError(f"splits must have .train and .test datasets (probelib.data.Splits), got {type(splits).__name__}")
     if len(splits.train) == 0:
         raise ValueError("splits.train is empty: nothing to train on")
-    device = default_device(device)
+    ddp = distributed.init_distributed(device)  # None unless launched by torchrun
+    device = ddp.device if ddp is not None else default_device(device)
     if amp and device.type != "cuda":
         raise ValueError(f"amp=True (bf16 autocast) is for CUDA; the device is {device}: pass amp=False")
     x0 = splits.train[0][0]
@@ -400,6 +402,8 @@ def train(model: nn.Module, splits: Any, method: str = "natural", eps: float | N
         "min_lr": float(min_lr), "augment": augment, "mixup_alpha": float(mixup_alpha), "steps": steps,
         "seed": seed, "amp": bool(amp), "channels_last": bool(channels_last), "arch": arch_config(model),
         "train_data": _data_signature(splits.train), "n_test": len(splits.test)})
+    if ddp is not None:  # a DDP run resumes with the same world size only
+        signature["world_size"] = ddp.world_size
 
     model.to(device)
     if channels_last:
@@ -424,34 +428,39 @@ def train(model: nn.Module, splits: Any, method: str = "natural", eps: float | N
         check_state_fits(model, state["state_dict"], f"training state {str(checkpoint_path)!r}", state.get("arch"))
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"], generator)
+        _set_rng_state(state["rng_ranks"][ddp.rank] if ddp is not None else state["rng"], generator)
         history = list(state["history"])
         start = int(state["epoch"])
     else:
         seed_everything(seed)
-        generator.manual_seed(seed)
+        generator.manual_seed(seed + (ddp.rank if ddp is not None else 0))  # per-rank augmentation/attack noise
+    net = distributed.wrap_model(model, ddp) if ddp is not None else model
 
     n_train = len(splits.train)
-    steps_per_epoch = (n_train + batch_size - 1) // batch_size
+    local_batch = distributed.local_batch_size(batch_size, ddp)
+    steps_per_epoch = ((n_train + batch_size - 1) // batch_size if ddp is None
+                       else distributed.steps_per_epoch(n_train, local_batch, ddp))
     sched = dict(steps_per_epoch=steps_per_epoch, epochs=epochs, lr=lr, schedule=schedule,
                  milestones=tuple(milestones), gamma=gamma, min_lr=min_lr)
 
     def step_loss(x: torch.Tensor, y: torch.Tensor):
         if method == "natural":
-            return natural_loss(model, x, y)
+            return natural_loss(net, x, y)
         if method == "trades":
-            return trades_loss(model, x, y, eps, beta, steps, generator)
+            return trades_loss(net, x, y, eps, beta, steps, generator)
         if method == "at":
-            return at_loss(model, x, y, eps, steps, generator)
-        return mixup_loss(model, x, y, num_classes, mixup_alpha, generator)
+            return at_loss(net, x, y, eps, steps, generator)
+        return mixup_loss(net, x, y, num_classes, mixup_alpha, generator)
 
+    progress = progress and distributed.is_main_process()
     epoch_bar = tqdm(range(start, epochs), desc=f"train {method}", initial=start, total=epochs,
                      disable=not progress, leave=False)
     for epoch in epoch_bar:
         model.train()
         t0 = time.perf_counter()
         loss_sum, correct, seen, lr_now = 0.0, 0, 0, lr
-        batches = _batches(splits.train, batch_size, generator, shuffle=True, num_workers=num_workers)
+        batches = (_batches(splits.train, batch_size, generator, shuffle=True, num_workers=num_workers) if ddp is None
+                   else distributed.shard_batches(splits.train, local_batch, ddp, epoch, seed, num_workers))
         for b, (x, y) in enumerate(tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
                                         leave=False, disable=not progress)):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -482,7 +491,12 @@ def train(model: nn.Module, splits: Any, method: str = "natural", eps: float | N
             seen += len(labels)
         seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
-        test_acc = evaluate_accuracy(model, splits.test, device=device, amp=amp, channels_last=channels_last)
+        if ddp is None:
+            test_acc = evaluate_accuracy(model, splits.test, device=device, amp=amp, channels_last=channels_last)
+        else:  # summed over ranks: every rank holds the same history
+            loss_sum, correct, seen = distributed.all_reduce_sums([loss_sum, correct, seen], ddp)
+            test_acc = distributed.evaluate_accuracy_sharded(model, splits.test, ddp, amp=amp,
+                                                             channels_last=channels_last)
         row = {"epoch": epoch + 1, "lr": lr_now, "loss": loss_sum / max(seen, 1),
                "train_acc": correct / max(seen, 1), "test_acc": test_acc, "seconds": seconds,
                "eval_seconds": time.perf_counter() - t1}
@@ -490,9 +504,13 @@ def train(model: nn.Module, splits: Any, method: str = "natural", eps: float | N
         epoch_bar.set_postfix(loss=f"{row['loss']:.3f}", test_acc=f"{test_acc:.3f}")
         if checkpoint_path is not None:
             meta = dict(metadata or {}, epoch=epoch + 1, **{k: v for k, v in signature.items() if k != "arch"})
-            write_checkpoint(model, checkpoint_path, meta, extra={
-                "train_format": STATE_FORMAT, "epoch": epoch + 1, "signature": signature,
-                "optimizer": opt.state_dict(), "rng": _rng_state(generator), "history": history})
+            rngs = distributed.gather_objects(_rng_state(generator), ddp)  # every rank's, for the resume
+            if distributed.is_main_process():  # rank 0 alone writes
+                write_checkpoint(model, checkpoint_path, meta, extra={
+                    "train_format": STATE_FORMAT, "epoch": epoch + 1, "signature": signature,
+                    "optimizer": opt.state_dict(), "rng": rngs[0], "history": history,
+                    **({"rng_ranks": rngs} if ddp is not None else {})})
+            distributed.barrier()
         if callback is not None:
             callback(epoch + 1, pd.DataFrame(history))
     model.eval()
@@ -861,19 +879,22 @@ def train_or_load(cfg: TrainConfig, splits: Any = None, device: str | torch.devi
             if isinstance(err, UnsafeCheckpointError):
                 raise
             warnings.warn(f"{err}. Training {cfg.name} from epoch 0 instead.", stacklevel=2)
-            state_path.unlink()
+            state_path.unlink(missing_ok=True)  # (every torchrun rank may get here)
         else:  # under --fresh, only a state written by this same fresh run is resumed
             if fresh_token is not None and (state.get("metadata") or {}).get("fresh_token") != fresh_token:
-                state_path.unlink()
+                state_path.unlink(missing_ok=True)
     meta = {"config": cfg.as_dict(), "config_key": key, "name": cfg.name, "dataset": cfg.dataset}
     if fresh_token is not None:
         meta["fresh_token"] = fresh_token
     model, history = train(model, splits, device=device, checkpoint_path=state_path, metadata=meta,
                            progress=progress, **cfg.train_kwargs())
-    save_checkpoint(model, path, **meta, method=cfg.method, eps=cfg.eps, beta=cfg.beta, seed=cfg.seed,
-                    epoch=cfg.epochs, hyper_parameters=cfg.train_kwargs(), history=history, notes=cfg.notes)
-    store.seal(path, kind="checkpoints", name=cfg.name, key=key)
-    state_path.unlink(missing_ok=True)
+    if distributed.is_main_process():  # under torchrun, rank 0 alone writes
+        save_checkpoint(model, path, **meta, method=cfg.method, eps=cfg.eps, beta=cfg.beta, seed=cfg.seed,
+                        epoch=cfg.epochs, hyper_parameters=cfg.train_kwargs(), history=history, notes=cfg.notes,
+                        world_size=distributed.context().world_size if distributed.context() else 1)
+        store.seal(path, kind="checkpoints", name=cfg.name, key=key)
+        state_path.unlink(missing_ok=True)
+    distributed.barrier()
     return model, history
 
 
@@ -894,9 +915,16 @@ def _cli_train(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in (("epochs", args.epochs), ("max_train", args.max_train),
                                  ("max_test", args.max_test), ("seed", args.seed)) if v is not None}
     cfg = cfg.replace(**changes) if changes else cfg
-    print(f"{cfg.name}  (key {cfg.key[:16]})\n{cfg.notes}")
-    _, history = train_or_load(cfg, device=args.device)
-    print(history.to_string(index=False))
+    ddp = distributed.init_distributed(args.device)  # under torchrun: DDP over its processes
+    say = print if distributed.is_main_process() else (lambda *a, **k: None)
+    say(f"{cfg.name}  (key {checkpoint_key(cfg)[:16]})\n{cfg.notes}"
+        + (f"\nDistributedDataParallel: {ddp.world_size} processes ({ddp.backend}), global batch {cfg.batch_size}"
+           if ddp is not None else ""))
+    try:
+        _, history = train_or_load(cfg, device=args.device)
+    finally:
+        distributed.shutdown()
+    say(history.to_string(index=False))
     return 0
 
 

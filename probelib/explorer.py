@@ -12,8 +12,10 @@ from __future__ import annotations
 import html
 import io
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -22,7 +24,8 @@ from probelib._util import unknown_name
 
 __all__ = ["EXPLORER_MODELS", "EXPLORER_SMOKE", "COMPARE_MODES", "explorer_config", "adabn_unavailable",
            "explore_setting", "setting_label", "summary_table", "plot_setting", "plot_compare",
-           "initial_state_name", "initial_state_verdict", "Explorer"]
+           "initial_state_name", "initial_state_verdict", "Explorer",
+           "explorer_notebook", "start_explorer", "stop_explorer", "add_cli"]
 
 EXPLORER_MODELS = ("natural", "trades", "at", "bn_wrn")
 # Smoke-size training: small enough for a test, large enough to beat chance on the embedded digits.
@@ -555,3 +558,151 @@ class Explorer:
 
         display(self.widget)
         return self.update(raise_errors=True)
+
+
+# --------------------------------------------------------------------------- serving it (Voilà)
+
+EXPLORER_NOTEBOOK = "40_severity_explorer.ipynb"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(port: int, proc, timeout_s: float) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"Voilà exited with status {proc.returncode} before serving on port {port}; "
+                               "its messages are above")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"Voilà did not listen on 127.0.0.1:{port} within {timeout_s:.0f} s")
+
+
+def explorer_notebook(parameters: Mapping[str, Any], folder: str | os.PathLike,
+                      notebooks_dir: str | os.PathLike | None = None) -> Path:
+    """Notebook 40 with ``parameters`` injected (as papermill does) written into ``folder``.
+
+    An unknown parameter name raises ValueError listing the notebook's parameters.
+    """
+    import nbformat
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    from probelib.suite import DEFAULT_NOTEBOOKS, notebook_parameters
+
+    source = Path(notebooks_dir or DEFAULT_NOTEBOOKS) / EXPLORER_NOTEBOOK
+    if not source.is_file():
+        raise FileNotFoundError(f"the explorer notebook {str(source)!r} does not exist")
+    known = notebook_parameters(source)
+    for key in parameters:
+        if key not in known or key == "results_dir":
+            raise unknown_name("explorer parameter", key, [k for k in known if k != "results_dir"])
+    nb = load_notebook_node(str(source))  # as papermill reads it (every cell gets metadata.tags)
+    if parameters:
+        nb = parameterize_notebook(nb, dict(parameters))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / EXPLORER_NOTEBOOK
+    nbformat.write(nb, str(target))
+    return target
+
+
+def start_explorer(parameters: Mapping[str, Any] | None = None, *, port: int = 0, folder=None,
+                   env: Mapping[str, str] | None = None, timeout_s: float = 60.0, quiet: bool = False):
+    """Serve notebook 40 (with ``parameters``) as a web app with Voilà on 127.0.0.1:``port``
+    (0: a free port). Returns ``(process, url)`` once the server listens; stop it with
+    :func:`stop_explorer`. The kernel imports this probelib and uses the project's store.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    from probelib.suite import _kernel_env
+
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"port must be in 0..65535, got {port}")
+    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="probelib-explore-"))
+    notebook = explorer_notebook(parameters or {}, folder)
+    port = int(port) or _free_port()
+    cmd = [sys.executable, "-m", "voila", str(notebook), f"--port={port}", "--no-browser",
+           "--Voila.ip=127.0.0.1", "--Voila.port_retries=0", "--show_tracebacks=False"]
+    full_env = {**os.environ, **_kernel_env(None), **dict(env or {})}
+    out = subprocess.DEVNULL if quiet else None
+    proc = subprocess.Popen(cmd, cwd=str(folder), env=full_env, stdout=out, stderr=out,
+                            start_new_session=True)
+    try:
+        _wait_for_port(port, proc, timeout_s)
+    except BaseException:
+        stop_explorer(proc)
+        raise
+    return proc, f"http://127.0.0.1:{port}/"
+
+
+def stop_explorer(proc, timeout_s: float = 10.0) -> None:
+    """Stop a server :func:`start_explorer` started (and its kernels): SIGTERM, then SIGKILL."""
+    import signal
+    import subprocess
+
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)  # its own session: the server and the kernels it started
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _cmd_explore(args) -> int:
+    from probelib.suite import load_parameter_file, parse_parameter_value
+
+    parameters: dict[str, Any] = {}
+    for f in args.parameters_file or []:
+        parameters.update(load_parameter_file(f))
+    for key, value in args.parameters or []:
+        parameters[key] = parse_parameter_value(value)
+    for key, value in args.parameters_raw or []:
+        parameters[key] = value
+    if args.smoke:
+        parameters["smoke"] = True
+    proc, url = start_explorer(parameters, port=args.port)
+    print(f"severity explorer: {url}  (Ctrl-C stops it)", flush=True)
+    try:
+        return proc.wait() and 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop_explorer(proc)
+
+
+def add_cli(subparsers) -> None:
+    """Add ``explore`` (notebook 40 as a web app) to ``python -m probelib``."""
+    p = subparsers.add_parser(
+        "explore", help="serve the severity explorer (notebook 40) as a web app with Voilà",
+        description="Serve notebooks/40_severity_explorer.ipynb as a standalone web page (Voilà, code hidden) "
+                    "on 127.0.0.1 and print its URL. Models come from the project's precomputed/ store "
+                    "(trained on first use).")
+    p.add_argument("--port", type=int, default=8866, help="port on 127.0.0.1 (default 8866; 0 = any free port)")
+    p.add_argument("-p", "--parameters", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                   help="initial state, as for run: dataset, model, corruption, severity, adabn, compare, eps, "
+                        "n_images, smoke, device (True/False/None/numbers converted)")
+    p.add_argument("-r", "--parameters-raw", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                   help="parameter kept as a string")
+    p.add_argument("-f", "--parameters-file", action="append", metavar="PARAMS.yaml", help="YAML file of parameters")
+    p.add_argument("--smoke", action="store_true", help="tiny models and 64 images (smoke=True)")
+    p.set_defaults(func=_cmd_explore)

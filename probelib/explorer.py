@@ -14,7 +14,8 @@ import io
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -362,6 +363,34 @@ def initial_state_verdict(result: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- the interactive page
 
+@contextmanager
+def _bars_into(box) -> Iterator[None]:
+    """While the block runs, notebook tqdm bars (``tqdm.auto`` in a kernel) appear in ``box``
+    (a widget Box) instead of being displayed as outputs, which a front end drops once the
+    message that started the computation has been answered; ``box`` is emptied afterwards."""
+    try:
+        import tqdm.notebook as tn
+    except ImportError:  # no ipywidgets: text bars on stderr
+        yield
+        return
+    import ipywidgets as W
+
+    original = tn.display
+
+    def show(obj, *args, **kwargs):
+        if isinstance(obj, W.Widget):
+            box.children = (*box.children[-2:], obj)
+        else:
+            original(obj, *args, **kwargs)
+
+    tn.display = show
+    try:
+        yield
+    finally:
+        tn.display = original
+        box.children = ()
+
+
 _STYLE = """<style>
 .probelib-stale { opacity: 0.3; transition: opacity 0.2s; }
 .probelib-explorer-error { color: #a00; font-weight: bold; }
@@ -406,13 +435,19 @@ class Explorer:
         for r in self.reasons.values():
             r.add_class("probelib-explorer-reason")
         self.status = W.HTML()
-        self.progress = W.Output()
+        self.status.add_class("probelib-explorer-status")
+        self.progress = W.VBox()  # tqdm bars (training epochs, scoring batches) while a setting computes
         self.error = W.HTML()
         self.error.add_class("probelib-explorer-error")
         self.summary = W.HTML()
         self.summary.add_class("probelib-explorer-summary")
-        self.figure = W.Output()
+        # The figure is an Image widget: its bytes travel as widget state, so an update computed
+        # after the triggering message was answered (the debounce) still reaches the page, and the
+        # page holds exactly one figure, whatever the notebook front end or its inline backend do.
+        self.figure = W.Image(format="png", layout=W.Layout(max_width="100%", display="none"))
         self.figure.add_class("probelib-explorer-figure")
+        self.caption = W.HTML()
+        self.caption.add_class("probelib-explorer-figure-caption")
         c, r = self.controls, self.reasons
         self.widget = W.VBox([
             W.HTML(_STYLE),
@@ -420,7 +455,7 @@ class Explorer:
             W.HBox([c["corruption"], c["severity"]]),
             W.HBox([c["adabn"], r["adabn"]]),
             W.HBox([c["compare"], r["compare"]]),
-            self.status, self.progress, self.error, self.summary, self.figure])
+            self.status, self.progress, self.error, self.summary, self.caption, self.figure])
         self.widget.add_class("probelib-explorer")
         self.result: dict[str, Any] | None = None      # the last single setting (or compare's first)
         self.results: list[dict[str, Any]] = []        # what the page shows now
@@ -505,8 +540,6 @@ class Explorer:
         summary and exactly one figure; an error shows as a message (and is raised again with
         ``raise_errors``, as the notebook's first render does, so papermill fails with it).
         Returns the (first) result, None after an error."""
-        from IPython.display import Image, display
-
         s = self.setting()
         model = "natural and trades" if s["compare"] == "trades" else s["model"]
         arm = COMPARE_MODES[s["compare"]] if s["compare"] == "adabn" else "AdaBN" if s["adabn"] else "source"
@@ -519,8 +552,7 @@ class Explorer:
             w.add_class("probelib-stale")
         t0 = time.time()
         failure: BaseException | None = None
-        with self.progress:  # tqdm bars render here; the Output widget would swallow an exception: catch it inside
-            self.progress.clear_output()
+        with _bars_into(self.progress):
             try:
                 results = self._compute(s)
                 fig = plot_setting(results[0]) if len(results) == 1 else plot_compare(*results)
@@ -528,7 +560,6 @@ class Explorer:
                 fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
             except Exception as err:  # shown in the page; raised again below when asked
                 failure = err
-        self.progress.clear_output()
         for w in (self.summary, self.figure):
             w.remove_class("probelib-stale")
         if failure is not None:
@@ -537,16 +568,17 @@ class Explorer:
             self.status.value = ""
             self.error.value = (f"Could not compute {html.escape(self._computing)}: "
                                 f"{html.escape(type(failure).__name__)}: {html.escape(str(failure))}")
-            self.summary.value = ""
-            self.figure.clear_output()
+            self.summary.value = self.caption.value = ""
+            self.figure.layout.display = "none"
+            self.figure.value = b""
             if raise_errors:
                 raise failure
             return None
         self.results, self.result = results, results[0]
         self.summary.value = summary_table(results).to_html(index=False, border=0, escape=True)
-        self.figure.clear_output(wait=True)
-        with self.figure:
-            display(Image(data=buf.getvalue(), format="png"))
+        self.figure.value = buf.getvalue()
+        self.figure.layout.display = None
+        self.caption.value = "Figure: " + html.escape("   vs   ".join(setting_label(r) for r in results))
         self.updates += 1
         self.status.value = (f"Showing {html.escape(self._computing)} "
                              f"(computed in {time.time() - t0:.1f} s; update {self.updates})")

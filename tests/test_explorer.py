@@ -109,6 +109,7 @@ def test_page_updates_once_per_change_and_disables_what_cannot_apply(fake_explor
     app.controls["severity"].value = 5
     assert app.updates == 2 and "severity 5" in app.summary.value and "severity 5" in app.status.value
     assert "<th>setting</th>" in app.summary.value and app.summary.value.count("<th>") == 7
+    assert app.figure.value[:4] == b"\x89PNG" and "severity 5" in app.caption.value
     app.controls["model"].value = "bn_wrn"
     assert not app.controls["adabn"].disabled and app.reasons["adabn"].value == ""
     app.controls["adabn"].value = True
@@ -125,6 +126,7 @@ def test_page_updates_once_per_change_and_disables_what_cannot_apply(fake_explor
     app.controls["model"].value = "natural"
     assert "cannot apply" in app.reasons["compare"].value and "no batch norm" in app.error.value
     assert app.results == [] and app.summary.value == ""  # no stale result readable as the live one
+    assert app.figure.value == b"" and app.figure.layout.display == "none" and app.caption.value == ""
 
 
 def test_page_debounces_a_run_of_changes(fake_explorer):

@@ -378,8 +378,8 @@ def _bars_into(box) -> Iterator[None]:
     original = tn.display
 
     def show(obj, *args, **kwargs):
-        if isinstance(obj, W.Widget):
-            box.children = (*box.children[-2:], obj)
+        if isinstance(obj, W.Widget):  # keep the open bars (a finished leave=False bar closes its widget)
+            box.children = (*[c for c in box.children if getattr(c, "comm", None) is not None][-2:], obj)
         else:
             original(obj, *args, **kwargs)
 

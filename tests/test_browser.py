@@ -120,7 +120,7 @@ def test_voila_explorer_twenty_updates(browser, explorer_url, tmp_path):
     box = False  # the AdaBN checkbox
     ui.wait_for_update(s, box, first_use=True)  # the initial render (trains natural)
     assert "no batch norm" in (ui.adabn_disabled_reason() or ""), "AdaBN must be disabled (with the reason) on natural"
-    corruptions = ["fog", "contrast", "defocus_blur", "impulse_noise", "gaussian_noise"]
+    corruptions = ["gaussian_noise", "fog", "contrast", "defocus_blur", "impulse_noise"]  # each change is a new one
     actions = []
     used = {"natural"}
     for i in range(19):  # 19 more updates: 20 in a row
@@ -131,7 +131,7 @@ def test_voila_explorer_twenty_updates(browser, explorer_url, tmp_path):
             ui.slide(step)
             s["severity"] += step
         elif kind == "corruption":
-            s["corruption"] = corruptions[i % len(corruptions)]
+            s["corruption"] = corruptions[(corruptions.index(s["corruption"]) + 1) % len(corruptions)]
             ui.select("corruption", s["corruption"])
         elif kind == "model":
             s["model"] = "bn_wrn" if s["model"] == "natural" else "natural"

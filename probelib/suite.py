@@ -457,10 +457,12 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
     say(f"probelib {_version()}: {len(chosen)} notebook(s) -> {out}"
         + (" [smoke]" if smoke else "") + (" [fresh]" if fresh else ""))
     out.mkdir(parents=True, exist_ok=True)
+    previous = _previous_times(out)  # progress hook: the ETA comes from the last run's per-notebook times
     n = len(results)
     for i, res in enumerate(results, 1):
         nb = res.notebook
-        say(f"[{i}/{n}] {nb.stem} ... (elapsed {_fmt_time(time.time() - started)})")
+        say(f"[{i}/{n}] {nb.stem} ... (elapsed {_fmt_time(time.time() - started)}"
+            f"{_eta([r.notebook.stem for r in results[i - 1:]], previous, smoke)})")
         before = _snapshot(out)
         t0 = time.time()
         output = out / "notebooks" / nb.path.name
@@ -501,6 +503,26 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
     else:
         say(f"stopped at {failed[0]}; report so far: {index_md}")
     return SuiteResult(out, results, index_md, index_html, elapsed)
+
+
+def _previous_times(out: Path) -> dict[str, dict[str, Any]]:
+    """Per-notebook ``{"elapsed_s", "smoke"}`` of the runs recorded in ``out``'s manifest."""
+    manifest = _load_manifest(out)
+    times = {}
+    for stem, e in (manifest.get("notebooks") or {}).items():
+        if isinstance(e, dict) and e.get("status") == "ok" and isinstance(e.get("elapsed_s"), (int, float)):
+            smoke = bool((e.get("parameters") or {}).get("smoke", False))
+            times[stem] = {"elapsed_s": float(e["elapsed_s"]), "smoke": smoke}
+    return times
+
+
+def _eta(remaining: Sequence[str], previous: Mapping[str, Mapping[str, Any]], smoke: bool) -> str:
+    """``"; this one ~m:ss, left ~m:ss"`` from earlier runs of the same size, or "" when unknown."""
+    known = [previous[s]["elapsed_s"] for s in remaining if s in previous and previous[s]["smoke"] == smoke]
+    if not remaining or remaining[0] not in previous or previous[remaining[0]]["smoke"] != smoke:
+        return "" if not known else f"; left ≥ ~{_fmt_time(sum(known))} by the last run's times"
+    left = f"~{_fmt_time(sum(known))}" if len(known) == len(remaining) else f"≥ ~{_fmt_time(sum(known))}"
+    return f"; last run took {_fmt_time(previous[remaining[0]]['elapsed_s'])}, left {left}"
 
 
 def _from_cli() -> bool:
@@ -601,7 +623,7 @@ def write_report(out: str | os.PathLike, results: Sequence[NotebookResult],
     for stem, e in entries.items():
         if e.get("output") and (out / e["output"]).exists():
             try:
-                verdicts[stem] = collect_verdicts(out / e["output"])
+                verdicts[stem] = list(dict.fromkeys(collect_verdicts(out / e["output"])))  # each verdict once
             except Exception:  # an unreadable notebook is listed without verdicts
                 verdicts[stem] = []
 

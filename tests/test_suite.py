@@ -170,3 +170,36 @@ def test_verdict_prefix_is_what_collect_reads(tmp_path):
         nbformat.v4.new_output("stream", name="stdout", text=[f"{VERDICT_PREFIX}B: NO\n"])])])
     nbformat.write(nb, tmp_path / "x.ipynb")
     assert collect_verdicts(tmp_path / "x.ipynb") == ["A: YES", "B: NO"]
+
+
+def test_eta_from_the_previous_run_of_the_same_size(tmp_path):
+    from probelib.suite import _eta, _previous_times
+
+    (tmp_path / "suite.json").write_text(json.dumps({"notebooks": {
+        "00_a": {"status": "ok", "elapsed_s": 540.0, "parameters": {}},
+        "01_b": {"status": "ok", "elapsed_s": 60.0, "parameters": {}},
+        "02_c": {"status": "failed", "elapsed_s": 3.0, "parameters": {}},
+        "03_d": {"status": "ok", "elapsed_s": 5.0, "parameters": {"smoke": True}}}}))
+    previous = _previous_times(tmp_path)
+    assert sorted(previous) == ["00_a", "01_b", "03_d"]
+    assert _eta(["00_a", "01_b"], previous, smoke=False) == "; last run took 9:00, left ~10:00"
+    assert _eta(["01_b", "02_c"], previous, smoke=False) == "; last run took 1:00, left ≥ ~1:00"
+    assert _eta(["03_d"], previous, smoke=False) == ""  # a smoke run's time says nothing about a full one
+    assert _eta(["03_d"], previous, smoke=True) == "; last run took 0:05, left ~0:05"
+    assert _previous_times(tmp_path / "missing") == {}
+
+
+def test_report_lists_each_verdict_once(tmp_path):
+    from probelib.suite import Notebook, NotebookResult, write_report
+
+    nb = new_notebook(cells=[new_code_cell("", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text=f"{VERDICT_PREFIX}A: YES\n{VERDICT_PREFIX}B: NO\n"),
+        nbformat.v4.new_output("stream", name="stdout", text=f"{VERDICT_PREFIX}A: YES\n")])])
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(nb, tmp_path / "notebooks" / "01_x.ipynb")
+    result = NotebookResult(Notebook(1, "x", tmp_path / "01_x.ipynb"), "ok", output=tmp_path / "notebooks" / "01_x.ipynb",
+                            elapsed_s=1.0)
+    info = {"started": "2026-01-01T00:00:00+00:00", "elapsed_s": 1.0, "dataset": None, "smoke": True,
+            "fresh": False, "overrides": {}}
+    index_md, index_html = write_report(tmp_path, [result], info)
+    assert index_md.read_text().count("A: YES") == 1 and index_html.read_text().count("A: YES") == 1

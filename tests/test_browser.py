@@ -150,3 +150,58 @@ def test_voila_explorer_twenty_updates(browser, explorer_url, tmp_path):
         actions.append(kind)
         ui.wait_for_update(s, box, first_use)
     assert ui.updates == 20 and {"slide", "corruption", "model", "adabn"} <= set(actions)
+
+
+@pytest.fixture
+def jupyterlab_url(tmp_path):
+    """JupyterLab (no token, loopback) on a folder holding notebook 40 with smoke parameters; stopped after."""
+    import subprocess
+    import sys
+
+    from probelib.explorer import _free_port, _wait_for_port, explorer_notebook, stop_explorer
+    from probelib.suite import _kernel_env
+
+    folder = tmp_path / "lab"
+    explorer_notebook({"smoke": True, "dataset": "mnist5k"}, folder)
+    port = _free_port()
+    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+           "--ServerApp.port_retries=0", "--IdentityProvider.token=", "--ServerApp.password=",
+           f"--ServerApp.root_dir={folder}", "--allow-root", "--LabApp.news_url=None",
+           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    env = {**os.environ, **_kernel_env(None), "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config")}
+    proc = subprocess.Popen(cmd, cwd=str(folder), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        _wait_for_port(port, proc, 120)
+        yield f"http://127.0.0.1:{port}/lab/tree/40_severity_explorer.ipynb"
+    finally:
+        stop_explorer(proc)
+    assert proc.poll() is not None, "JupyterLab is still running"
+
+
+def test_jupyterlab_explorer_widgets_render_and_figure_survives(browser, jupyterlab_url, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(jupyterlab_url, timeout=120_000)
+    page.wait_for_selector(".jp-Notebook", timeout=120_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+    page.locator(".jp-Notebook").first.click()
+    page.keyboard.press("Escape")
+    page.evaluate("() => window.jupyterapp && window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    if not page.evaluate("() => !!window.jupyterapp"):  # no global app handle: the Run menu
+        page.get_by_role("menuitem", name="Run").click()
+        page.get_by_text("Run All Cells", exact=True).click()
+    ui = Page(page, tmp_path)
+    s = {"dataset": "mnist5k", "model": "natural", "corruption": "gaussian_noise", "severity": 3}
+    ui.wait_for_update(s, False, first_use=True)
+    assert page.locator(".widget-dropdown select").count() >= 4 and page.locator(".widget-slider").count() == 1
+    for i in range(19):  # 20 updates in a row: the figure stays, one per update
+        step = 1 if s["severity"] < 5 else -1
+        if i % 2:
+            ui.slide(step)
+            s["severity"] += step
+        else:
+            corruptions = ["gaussian_noise", "fog", "contrast"]
+            s["corruption"] = corruptions[(corruptions.index(s["corruption"]) + 1) % 3]
+            ui.select("corruption", s["corruption"])
+        ui.wait_for_update(s, False)
+    assert ui.updates == 20

@@ -13,7 +13,8 @@ import sys
 from probelib import __version__
 
 # Modules whose commands the CLI offers, in the order --help lists them.
-CLI_MODULES = ["probelib.data.cli", "probelib.training", "probelib.corruptions", "probelib.suite", "probelib.sweep"]
+CLI_MODULES = ["probelib.data.cli", "probelib.training", "probelib.corruptions", "probelib.suite", "probelib.explorer",
+               "probelib.sweep"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -373,12 +373,17 @@ class Store:
 
 
 def default_store(root: str | os.PathLike | None = None) -> Store:
-    """The store at ``root``, else ``$PROBELIB_PRECOMPUTED``, else ``./precomputed``.
+    """The store at ``root``, else ``$PROBELIB_PRECOMPUTED``, else the project's ``precomputed/``
+    (:func:`probelib.paths.project_path`, whatever the working directory).
 
     ``$PROBELIB_FRESH_SINCE`` (set by ``run --fresh``; ``$PROBELIB_FRESH_TOKEN`` names the run when
     set) is honoured.
     """
-    root = root or os.environ.get("PROBELIB_PRECOMPUTED") or "precomputed"
+    if not (root or os.environ.get("PROBELIB_PRECOMPUTED")):
+        from probelib.paths import project_path
+
+        root = project_path("precomputed")
+    root = root or os.environ["PROBELIB_PRECOMPUTED"]
     fresh = os.environ.get("PROBELIB_FRESH_SINCE")
     try:
         fresh_since = float(fresh) if fresh else None

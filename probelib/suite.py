@@ -32,16 +32,22 @@ from probelib.store import atomic_write, write_text_atomic
 __all__ = ["VERDICT_PREFIX", "save_table", "save_figure", "verdict",
            "Notebook", "discover_notebooks", "select_notebooks", "notebook_parameters",
            "parse_parameter_value", "load_parameter_file", "NotebookResult", "SuiteResult", "execute_notebook",
-           "run_suite", "collect_verdicts", "write_report", "kernel_manager_class", "add_cli",
-           "EXPLORER_MODELS", "explorer_config", "explore_setting", "plot_setting"]
+           "run_suite", "collect_verdicts", "write_report", "kernel_manager_class", "add_cli"]
 
 VERDICT_PREFIX = "VERDICT: "
+
+
+def _results_folder(results_dir: str | os.PathLike) -> Path:
+    """A relative ``results_dir`` lies in the project (a kernel in notebooks/ writes to the project's results/)."""
+    from probelib.paths import project_path
+
+    return project_path(results_dir)
 
 
 def save_table(df: pd.DataFrame, name: str, results_dir: str | os.PathLike,
                float_format: str = "%.4f") -> Path:
     """Save ``df`` as ``<results_dir>/tables/<name>.csv`` and ``.tex`` (atomically); return the CSV path."""
-    folder = Path(results_dir) / "tables"
+    folder = _results_folder(results_dir) / "tables"
     csv = folder / f"{name}.csv"
     with atomic_write(csv) as tmp:
         df.to_csv(tmp, float_format=float_format)
@@ -52,7 +58,7 @@ def save_table(df: pd.DataFrame, name: str, results_dir: str | os.PathLike,
 
 def save_figure(fig, name: str, results_dir: str | os.PathLike, dpi: int = 150) -> Path:
     """Save a matplotlib figure as ``<results_dir>/figures/<name>.png`` and ``.pdf`` (atomically)."""
-    folder = Path(results_dir) / "figures"
+    folder = _results_folder(results_dir) / "figures"
     png = folder / f"{name}.png"
     with atomic_write(png) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
@@ -380,7 +386,9 @@ def _default_out(dataset: str | None) -> Path:
         from probelib.data import parse_name
 
         family = parse_name(dataset)[0]
-    return Path("results") / family
+    from probelib.paths import project_path
+
+    return project_path("results") / family
 
 
 def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | None = None,
@@ -446,10 +454,12 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
     say(f"probelib {_version()}: {len(chosen)} notebook(s) -> {out}"
         + (" [smoke]" if smoke else "") + (" [fresh]" if fresh else ""))
     out.mkdir(parents=True, exist_ok=True)
+    previous = _previous_times(out)  # progress hook: the ETA comes from the last run's per-notebook times
     n = len(results)
     for i, res in enumerate(results, 1):
         nb = res.notebook
-        say(f"[{i}/{n}] {nb.stem} ... (elapsed {_fmt_time(time.time() - started)})")
+        say(f"[{i}/{n}] {nb.stem} ... (elapsed {_fmt_time(time.time() - started)}"
+            f"{_eta([r.notebook.stem for r in results[i - 1:]], previous, smoke)})")
         before = _snapshot(out)
         t0 = time.time()
         output = out / "notebooks" / nb.path.name
@@ -490,6 +500,26 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
     else:
         say(f"stopped at {failed[0]}; report so far: {index_md}")
     return SuiteResult(out, results, index_md, index_html, elapsed)
+
+
+def _previous_times(out: Path) -> dict[str, dict[str, Any]]:
+    """Per-notebook ``{"elapsed_s", "smoke"}`` of the runs recorded in ``out``'s manifest."""
+    manifest = _load_manifest(out)
+    times = {}
+    for stem, e in (manifest.get("notebooks") or {}).items():
+        if isinstance(e, dict) and e.get("status") == "ok" and isinstance(e.get("elapsed_s"), (int, float)):
+            smoke = bool((e.get("parameters") or {}).get("smoke", False))
+            times[stem] = {"elapsed_s": float(e["elapsed_s"]), "smoke": smoke}
+    return times
+
+
+def _eta(remaining: Sequence[str], previous: Mapping[str, Mapping[str, Any]], smoke: bool) -> str:
+    """``"; this one ~m:ss, left ~m:ss"`` from earlier runs of the same size, or "" when unknown."""
+    known = [previous[s]["elapsed_s"] for s in remaining if s in previous and previous[s]["smoke"] == smoke]
+    if not remaining or remaining[0] not in previous or previous[remaining[0]]["smoke"] != smoke:
+        return "" if not known else f"; left ≥ ~{_fmt_time(sum(known))} by the last run's times"
+    left = f"~{_fmt_time(sum(known))}" if len(known) == len(remaining) else f"≥ ~{_fmt_time(sum(known))}"
+    return f"; last run took {_fmt_time(previous[remaining[0]]['elapsed_s'])}, left {left}"
 
 
 def _from_cli() -> bool:
@@ -590,7 +620,7 @@ def write_report(out: str | os.PathLike, results: Sequence[NotebookResult],
     for stem, e in entries.items():
         if e.get("output") and (out / e["output"]).exists():
             try:
-                verdicts[stem] = collect_verdicts(out / e["output"])
+                verdicts[stem] = list(dict.fromkeys(collect_verdicts(out / e["output"])))  # each verdict once
             except Exception:  # an unreadable notebook is listed without verdicts
                 verdicts[stem] = []
 
@@ -705,212 +735,6 @@ def write_report(out: str | os.PathLike, results: Sequence[NotebookResult],
     h.append("</body></html>")
     index_html = write_text_atomic(out / "index.html", "\n".join(h) + "\n")
     return index_md, index_html
-
-
-# --------------------------------------------------------------------------- severity explorer
-
-EXPLORER_MODELS = ("natural", "trades", "at", "bn_wrn")
-# Smoke-size training, the same change notebook 20_corrupted_ncg makes, so the models are shared.
-EXPLORER_SMOKE = {"epochs": 1, "max_train": 300, "max_test": 100}
-_EXPLORER_CACHE: dict[tuple, Any] = {}
-
-
-def explorer_config(dataset: str, model: str, eps: float = 2.0, smoke: bool = False):
-    """The :class:`~probelib.training.TrainConfig` behind an explorer model choice.
-
-    ``natural``/``trades``/``at``: the NCG paper's pixel-space settings for ``dataset`` (as notebook
-    20 trains them); ``bn_wrn``: Burns & Steinhardt's BN WideResNet for the dataset's family.
-    ``smoke`` shrinks training to :data:`EXPLORER_SMOKE`.
-    """
-    from probelib.data import parse_name
-    from probelib.training import default_config
-
-    if model not in EXPLORER_MODELS:
-        raise unknown_name("explorer model", model, EXPLORER_MODELS)
-    if model == "bn_wrn":
-        cfg = default_config(parse_name(dataset)[0], paper="adabn")
-    else:
-        cfg = default_config(dataset, method=model, eps=None if model == "natural" else eps)
-    return cfg.replace(**EXPLORER_SMOKE) if smoke else cfg
-
-
-def _cached(key: tuple, compute, keep: int = 8):
-    if key not in _EXPLORER_CACHE:
-        while len(_EXPLORER_CACHE) >= keep:
-            _EXPLORER_CACHE.pop(next(iter(_EXPLORER_CACHE)))
-        _EXPLORER_CACHE[key] = compute()
-    return _EXPLORER_CACHE[key]
-
-
-def _spread(total: int, n: int | None):
-    """Indices of ``n`` images spread evenly over ``total`` (test splits are often sorted by class)."""
-    import torch
-
-    if n is None or n >= total:
-        return torch.arange(total)
-    return torch.linspace(0, total - 1, n).round().long()
-
-
-def _corrupted_test(splits, corruption: str, severity: int, n_images: int | None, seed: int):
-    """Corrupted test images (``n_images`` spread evenly over the split) in the model's label space.
-
-    Embedded families are corrupted on the fly (:func:`probelib.corruptions.corrupt`, seeded by
-    the position in the subset); others read the published ``<family>-c`` set.
-    """
-    import torch
-
-    from probelib import corruptions as C
-    from probelib.data import apply_label_map, as_tensors, held_out_label_map, parse_name
-
-    base, held_out = parse_name(splits.name) if getattr(splits, "name", None) else (None, None)
-    published = f"{base}-c" if base else None
-    if published in C.corrupted_sets() and published != "mnist5k-c":
-        x, y = as_tensors(C.load_corrupted(published, corruption, severity))
-        if held_out is not None:
-            x, y = apply_label_map(x, y, held_out_label_map(base, splits.num_classes + 1, held_out))
-        pick = _spread(len(y), n_images)
-        return x[pick], y[pick]
-    x, y = as_tensors(splits.test)
-    pick = _spread(len(y), n_images)
-    x, y = x[pick], y[pick]
-    u8 = C.to_uint8_images(x)
-    out = C.corrupt(u8, corruption, int(severity), seed).reshape(u8.shape)
-    return torch.from_numpy(out.copy()).permute(0, 3, 1, 2).float().div_(255), y
-
-
-def explore_setting(dataset: str = "mnist5k", model: str = "natural", corruption: str = "gaussian_noise",
-                    severity: int = 3, adabn: bool = False, *, eps: float = 2.0, n_images: int | None = 1000,
-                    n_show: int = 16, smoke: bool = False, device=None, seed: int = 0) -> dict[str, Any]:
-    """Everything the severity explorer shows for one setting, computed with probelib.
-
-    Trains (or loads from the store) the model :func:`explorer_config` names, corrupts
-    ``n_images`` test images (spread evenly over the split; None = all) with ``corruption`` at ``severity`` (1..5), and scores them with the
-    source model and, when the model has BatchNorm layers, with AdaBN (statistics re-estimated
-    on these corrupted images, exact population statistics). ``adabn`` picks which of the two the
-    displayed predictions, accuracy, confidences and NCG come from; ``adabn_gain`` is always
-    AdaBN accuracy − source accuracy (NaN for a model without BatchNorm). NCG = fraction of
-    images predicted as the label of their nearest clean training image (pixel L2; the reference
-    is the training split the model saw).
-
-    Returns a dict: ``summary`` (one-row DataFrame), the scalars ``accuracy``, ``confidence``,
-    ``ncg``, ``clean_accuracy``, ``accuracy_source``, ``accuracy_adabn``, ``adabn_gain``, ``n``;
-    arrays over all images ``confidences``, ``correct``, ``predictions``, ``labels``,
-    ``nn_labels``; ``images`` (``n_show`` corrupted images spread over the set, N×C×H×W) and
-    ``shown`` (their indices into the arrays); ``note``.
-    """
-    import numpy as np
-    import torch
-
-    from probelib import corruptions as C
-    from probelib._util import check_choice, default_device
-    from probelib.adabn import adapt_bn, bn_layers
-    from probelib.data import as_tensors, load_dataset
-    from probelib.metrics import accuracy, confidences, predict
-    from probelib.ncg import ncg
-    from probelib.neighbours import nearest_neighbours
-    from probelib.training import train_or_load
-
-    check_choice("corruption", corruption, C.corruption_names(extra=True))
-    if isinstance(severity, bool) or int(severity) != severity or not 1 <= int(severity) <= 5:
-        raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
-    if n_images is not None and (int(n_images) != n_images or n_images < 1):
-        raise ValueError(f"n_images must be a positive integer or None (all test images), got {n_images!r}")
-    if int(n_show) != n_show or n_show < 0:
-        raise ValueError(f"n_show must be an integer >= 0, got {n_show!r}")
-    severity = int(severity)
-    if smoke and n_images is not None:
-        n_images = min(int(n_images), 64)
-    cfg = explorer_config(dataset, model, eps, smoke)
-    dev = default_device(device)
-    net = _cached(("model", cfg.key, str(dev)), lambda: train_or_load(cfg, device=dev, progress=False)[0])
-    net.eval()
-    full = _cached(("dataset", cfg.dataset), lambda: load_dataset(cfg.dataset))
-    splits = _cached(("splits", cfg.key), lambda: cfg.prepare(full))
-    x, y = _cached(("corrupted", cfg.dataset, corruption, severity, n_images, seed),
-                   lambda: _corrupted_test(full, corruption, severity, n_images, seed))
-    clean_x, clean_y = as_tensors(full.test)
-    pick = _spread(len(clean_y), n_images)
-    clean_x, clean_y = clean_x[pick], clean_y[pick]
-
-    logits_source = predict(net, x, device=dev, desc=None)
-    acc_source = accuracy(logits_source, y)
-    has_bn = bool(bn_layers(net))
-    note = ""
-    if has_bn:
-        logits_adabn = predict(adapt_bn(net, x, device=dev), x, device=dev, desc=None)
-        acc_adabn = accuracy(logits_adabn, y)
-    else:
-        logits_adabn, acc_adabn = None, float("nan")
-        note = f"{cfg.arch} has no BatchNorm layers: AdaBN does not apply (showing the source model)"
-    logits = logits_adabn if (adabn and has_bn) else logits_source
-
-    train_x, train_y = as_tensors(splits.train)
-    nn_labels = nearest_neighbours(train_x, train_y, x, name=f"explorer-{cfg.dataset}-{corruption}{severity}",
-                                   progress=False).labels[:, 0]
-    pred = logits.argmax(dim=1).numpy()
-    conf = confidences(logits)
-    shown = _spread(len(y), n_show) if n_show else torch.zeros(0, dtype=torch.long)
-    labels = y.numpy()
-    result = {
-        "dataset": cfg.dataset, "model": model, "arch": cfg.arch, "corruption": corruption,
-        "severity": severity, "adabn": bool(adabn and has_bn), "n": len(labels),
-        "accuracy": accuracy(logits, y), "confidence": float(conf.mean()), "ncg": ncg(pred, nn_labels),
-        "clean_accuracy": accuracy(predict(net, clean_x, device=dev, desc=None), clean_y),
-        "accuracy_source": acc_source, "accuracy_adabn": acc_adabn, "adabn_gain": acc_adabn - acc_source,
-        "confidences": conf, "correct": pred == labels, "predictions": pred, "labels": labels,
-        "nn_labels": np.asarray(nn_labels), "shown": shown.numpy(), "images": x[shown], "class_names": list(full.class_names),
-        "note": note,
-    }
-    keys = ["dataset", "model", "corruption", "severity", "adabn", "n", "clean_accuracy", "accuracy",
-            "confidence", "ncg", "accuracy_source", "accuracy_adabn", "adabn_gain"]
-    result["summary"] = pd.DataFrame([{k: result[k] for k in keys}])
-    return result
-
-
-def plot_setting(result: Mapping[str, Any], n_cols: int = 8):
-    """Figure of one :func:`explore_setting` result: the sample grid (prediction, true label; green
-    when right) above the confidence histogram (right vs wrong) and the accuracy / NCG / AdaBN panel."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    images = result["images"]
-    n_show = len(images)
-    rows = max(1, -(-n_show // n_cols))
-    fig = plt.figure(figsize=(1.3 * n_cols, 1.45 * rows + 3.0))
-    grid = fig.add_gridspec(rows + 1, n_cols, height_ratios=[1.45] * rows + [3.0], hspace=0.5)
-    for i in range(n_show):
-        ax = fig.add_subplot(grid[i // n_cols, i % n_cols])
-        img = images[i].permute(1, 2, 0).numpy()
-        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-        j = int(result["shown"][i])
-        ok = bool(result["correct"][j])
-        ax.set_title(f"{result['predictions'][j]} ({result['labels'][j]})", fontsize=8,
-                     color="tab:green" if ok else "tab:red")
-        ax.axis("off")
-    half = max(1, n_cols // 2)
-    ax = fig.add_subplot(grid[rows, :max(1, half - 1)])
-    conf, correct = np.asarray(result["confidences"]), np.asarray(result["correct"], dtype=bool)
-    bins = np.linspace(0, 1, 21)
-    ax.hist([conf[correct], conf[~correct]], bins=bins, stacked=True, label=["right", "wrong"],
-            color=["tab:green", "tab:red"])
-    ax.set_xlabel("max-softmax confidence")
-    ax.set_ylabel("images")
-    ax.legend(fontsize=8)
-    ax = fig.add_subplot(grid[rows, min(n_cols - 1, half + 1):])
-    names = ["clean acc", "accuracy", "NCG", "AdaBN gain"]
-    values = [result["clean_accuracy"], result["accuracy"], result["ncg"], result["adabn_gain"]]
-    shown = [0.0 if not np.isfinite(v) else v for v in values]
-    ax.barh(names, shown, color=["0.6", "tab:blue", "tab:orange", "tab:purple"])
-    for i, v in enumerate(values):
-        ax.text(max(shown[i], 0) + 0.01, i, "n/a" if not np.isfinite(v) else f"{v:+.3f}" if i == 3 else f"{v:.3f}",
-                va="center", fontsize=8)
-    ax.set_xlim(min(-0.1, min(shown) - 0.05), 1.15)
-    ax.axvline(0, color="k", lw=0.5)
-    arm = "AdaBN" if result["adabn"] else "source"
-    fig.suptitle(f"{result['dataset']} · {result['model']} ({arm}) · {result['corruption']} severity "
-                 f"{result['severity']} · n={result['n']}" + (f"\n{result['note']}" if result["note"] else ""),
-                 fontsize=9)
-    return fig
 
 
 # --------------------------------------------------------------------------- command line

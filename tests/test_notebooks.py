@@ -137,3 +137,61 @@ def test_notebook_outputs(stem, suite_run):
         table = pd.read_csv(suite_run.out / files[0])
         assert len(table) == 3 * 2 * 5 and table["ncg"].between(0, 1).all() and (table["n"] == 60).all()
         assert len(verdicts) == 2
+
+
+# ----------------------------------------------------------------------------- tracked notebooks stay clean
+
+def _git(repo_root: Path, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "-C", str(repo_root), *args], check=True, capture_output=True, text=True).stdout
+
+
+def _is_git_checkout(repo_root: Path) -> bool:
+    import shutil
+    import subprocess
+
+    return shutil.which("git") is not None and subprocess.run(
+        ["git", "-C", str(repo_root), "rev-parse", "--git-dir"], capture_output=True).returncode == 0
+
+
+def _outputs(nb: nbformat.NotebookNode) -> list[int]:
+    return [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count"))]
+
+
+def test_tracked_notebooks_carry_no_outputs(repo_root):
+    """Every notebook git tracks, as staged (what a commit takes) and on disk, has no outputs."""
+    if not _is_git_checkout(repo_root):
+        pytest.skip("not a git checkout")
+    tracked = [p for p in _git(repo_root, "ls-files", "-z", "--", "*.ipynb").split("\0") if p]
+    assert tracked, "no tracked notebooks found"
+    dirty = {}
+    for path in tracked:
+        staged = nbformat.reads(_git(repo_root, "show", f":{path}"), as_version=4)
+        on_disk = nbformat.read(str(repo_root / path), as_version=4)
+        for where, nb in (("staged", staged), ("on disk", on_disk)):
+            if _outputs(nb):
+                dirty[f"{path} ({where})"] = _outputs(nb)
+    assert not dirty, (f"notebooks with outputs (cells): {dirty}; run `make` once (it installs the nbstripout git "
+                       "filter) and `git add` them again, or clear outputs")
+
+
+def test_git_filter_strips_outputs_and_leaves_clean_notebooks_alone(repo_root, tmp_path):
+    """.gitattributes sends notebooks through the nbstripout filter that make configures; that filter
+    removes outputs and keeps a clean notebook byte for byte (so it never dirties the tree)."""
+    import subprocess
+    import sys
+
+    attrs = (repo_root / ".gitattributes").read_text()
+    assert "*.ipynb filter=nbstripout" in attrs
+    makefile = (repo_root / "Makefile").read_text()
+    assert "git config filter.nbstripout.clean" in makefile and "-m nbstripout --keep-id" in makefile
+    strip = [sys.executable, "-m", "nbstripout", "--keep-id", "-t"]
+    clean = next(nb.path for nb in NOTEBOOKS if nb.stem == "40_severity_explorer").read_text()
+    assert subprocess.run(strip, input=clean, capture_output=True, text=True, check=True).stdout == clean
+    nb = nbformat.reads(clean, as_version=4)
+    code = next(c for c in nb.cells if c.cell_type == "code")
+    code.execution_count = 3
+    code.outputs = [nbformat.v4.new_output("stream", name="stdout", text="hello\n")]
+    stripped = subprocess.run(strip, input=nbformat.writes(nb), capture_output=True, text=True, check=True).stdout
+    assert not _outputs(nbformat.reads(stripped, as_version=4))

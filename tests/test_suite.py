@@ -172,49 +172,34 @@ def test_verdict_prefix_is_what_collect_reads(tmp_path):
     assert collect_verdicts(tmp_path / "x.ipynb") == ["A: YES", "B: NO"]
 
 
-# ----------------------------------------------------------------------------- severity explorer
+def test_eta_from_the_previous_run_of_the_same_size(tmp_path):
+    from probelib.suite import _eta, _previous_times
 
-def test_explore_setting_bn_model_adabn_arms():
-    import numpy as np
-
-    from probelib.data import as_tensors, load_dataset
-    from probelib.neighbours import brute_force_knn
-    from probelib.suite import explore_setting, explorer_config, plot_setting
-
-    source = explore_setting("mnist5k", "bn_wrn", "gaussian_noise", 5, adabn=False, smoke=True, n_show=8)
-    adapted = explore_setting("mnist5k", "bn_wrn", "gaussian_noise", 5, adabn=True, smoke=True, n_show=8)
-    assert source["n"] == 64 and len(source["confidences"]) == 64 and tuple(source["images"].shape) == (8, 1, 28, 28)
-    assert source["accuracy"] == source["accuracy_source"] == float(np.mean(source["correct"]))
-    assert adapted["adabn"] and adapted["accuracy"] == adapted["accuracy_adabn"] == float(np.mean(adapted["correct"]))
-    assert source["adabn_gain"] == adapted["adabn_gain"] == adapted["accuracy_adabn"] - adapted["accuracy_source"]
-    # the first call also adapted a copy: the cached source model must be untouched
-    assert adapted["accuracy_source"] == source["accuracy_source"]
-    assert 0 <= source["confidence"] <= 1 and np.all((source["confidences"] > 0) & (source["confidences"] <= 1))
-    # NCG against an independent float64 brute-force 1-NN over the training split the model saw
-    from probelib.suite import _corrupted_test  # the same corrupted images
-
-    cfg = explorer_config("mnist5k", "bn_wrn", smoke=True)
-    mnist5k = load_dataset(cfg.dataset)
-    train_x, train_y = as_tensors(cfg.prepare(mnist5k).train)
-    x, y = _corrupted_test(mnist5k, "gaussian_noise", 5, 64, 0)
-    _, idx = brute_force_knn(train_x, x, k=1)
-    nn_labels = train_y.numpy()[idx[:, 0]]
-    assert np.array_equal(y.numpy(), source["labels"])
-    assert adapted["ncg"] == float(np.mean(adapted["predictions"] == nn_labels))
-    assert len(plot_setting(adapted, n_cols=4).axes) == 8 + 2
+    (tmp_path / "suite.json").write_text(json.dumps({"notebooks": {
+        "00_a": {"status": "ok", "elapsed_s": 540.0, "parameters": {}},
+        "01_b": {"status": "ok", "elapsed_s": 60.0, "parameters": {}},
+        "02_c": {"status": "failed", "elapsed_s": 3.0, "parameters": {}},
+        "03_d": {"status": "ok", "elapsed_s": 5.0, "parameters": {"smoke": True}}}}))
+    previous = _previous_times(tmp_path)
+    assert sorted(previous) == ["00_a", "01_b", "03_d"]
+    assert _eta(["00_a", "01_b"], previous, smoke=False) == "; last run took 9:00, left ~10:00"
+    assert _eta(["01_b", "02_c"], previous, smoke=False) == "; last run took 1:00, left ≥ ~1:00"
+    assert _eta(["03_d"], previous, smoke=False) == ""  # a smoke run's time says nothing about a full one
+    assert _eta(["03_d"], previous, smoke=True) == "; last run took 0:05, left ~0:05"
+    assert _previous_times(tmp_path / "missing") == {}
 
 
-def test_explore_setting_without_batch_norm_and_bad_choices():
-    import math
+def test_report_lists_each_verdict_once(tmp_path):
+    from probelib.suite import Notebook, NotebookResult, write_report
 
-    from probelib.suite import explore_setting
-
-    r = explore_setting("mnist5k", "natural", "contrast", 2, adabn=True, smoke=True, n_show=4)
-    assert not r["adabn"] and math.isnan(r["adabn_gain"]) and "no BatchNorm" in r["note"]
-    assert list(r["summary"].columns)[:4] == ["dataset", "model", "corruption", "severity"]
-    with pytest.raises(ValueError, match="unknown explorer model 'trade'.*'trades'"):
-        explore_setting(model="trade", smoke=True)
-    with pytest.raises(ValueError, match="unknown corruption"):
-        explore_setting(corruption="gausian_noise", smoke=True)
-    with pytest.raises(ValueError, match="severity must be an integer in 1..5"):
-        explore_setting(severity=6, smoke=True)
+    nb = new_notebook(cells=[new_code_cell("", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text=f"{VERDICT_PREFIX}A: YES\n{VERDICT_PREFIX}B: NO\n"),
+        nbformat.v4.new_output("stream", name="stdout", text=f"{VERDICT_PREFIX}A: YES\n")])])
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(nb, tmp_path / "notebooks" / "01_x.ipynb")
+    result = NotebookResult(Notebook(1, "x", tmp_path / "01_x.ipynb"), "ok", output=tmp_path / "notebooks" / "01_x.ipynb",
+                            elapsed_s=1.0)
+    info = {"started": "2026-01-01T00:00:00+00:00", "elapsed_s": 1.0, "dataset": None, "smoke": True,
+            "fresh": False, "overrides": {}}
+    index_md, index_html = write_report(tmp_path, [result], info)
+    assert index_md.read_text().count("A: YES") == 1 and index_html.read_text().count("A: YES") == 1

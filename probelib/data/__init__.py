@@ -63,8 +63,13 @@ _WO = re.compile(r"^(?P<base>.+?)wo(?P<k>\d+)$")
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
-    """The data root: ``root`` when given, else ``$PROBELIB_DATA``, else ``./data``."""
-    return Path(root or os.environ.get("PROBELIB_DATA") or "data")
+    """The data root: ``root`` when given, else ``$PROBELIB_DATA``, else the project's ``data/``
+    (:func:`probelib.paths.project_path`, whatever the working directory)."""
+    if root or os.environ.get("PROBELIB_DATA"):
+        return Path(root or os.environ["PROBELIB_DATA"])
+    from probelib.paths import project_path
+
+    return project_path("data")
 
 
 def dataset_names(with_hold_out: bool = True) -> list[str]:

@@ -67,9 +67,9 @@ def _cached(key: tuple, compute: Callable[[], Any], keep: int = 12) -> Any:
 
 
 def _dataset(name: str):
-    from probelib.data import load_dataset
+    from probelib.data import data_fingerprint, load_dataset
 
-    return _cached(("dataset", name), lambda: load_dataset(name))
+    return _cached(("dataset", name, data_fingerprint(name)), lambda: load_dataset(name))
 
 
 def adabn_unavailable(dataset: str, model: str, eps: float = 2.0) -> str | None:
@@ -152,12 +152,12 @@ def explore_setting(dataset: str = "mnist5k", model: str = "natural", corruption
     from probelib import corruptions as C
     from probelib._util import check_choice, default_device
     from probelib.adabn import adapt_bn, bn_layers
-    from probelib.data import as_tensors
+    from probelib.data import as_tensors, data_fingerprint
     from probelib.metrics import accuracy, confidences, predict
     from probelib.ncg import ncg
     from probelib.neighbours import nearest_neighbours
     from probelib.store import default_store
-    from probelib.training import train_or_load
+    from probelib.training import checkpoint_key, train_or_load
 
     check_choice("corruption", corruption, C.corruption_names(extra=True))
     if isinstance(severity, bool) or int(severity) != severity or not 1 <= int(severity) <= 5:
@@ -172,17 +172,18 @@ def explore_setting(dataset: str = "mnist5k", model: str = "natural", corruption
     cfg = explorer_config(dataset, model, eps, smoke)
     dev = default_device(device)
     store = default_store()
-    stored = store.verify(store.path("checkpoints", cfg.name, cfg.key, ".pt"))
-    if ("model", cfg.key, str(dev)) not in _CACHE:
+    key = checkpoint_key(cfg)  # config and data content: replaced data files are never served stale
+    stored = store.verify(store.path("checkpoints", cfg.name, key, ".pt"))
+    if ("model", key, str(dev)) not in _CACHE:
         _say(stage, f"loading {model} for {cfg.dataset} from the store" if stored else
              f"training {model} ({cfg.arch}, {cfg.epochs} epochs) on {cfg.dataset}: first use of this model, "
              f"later uses load it from {store.root}")
-    net = _cached(("model", cfg.key, str(dev)), lambda: train_or_load(cfg, device=dev, progress=progress)[0])
+    net = _cached(("model", key, str(dev)), lambda: train_or_load(cfg, device=dev, progress=progress)[0])
     net.eval()
     full = _dataset(cfg.dataset)
-    splits = _cached(("splits", cfg.key), lambda: cfg.prepare(full))
+    splits = _cached(("splits", key), lambda: cfg.prepare(full))
     _say(stage, f"corrupting {n_images or 'all'} test images ({corruption}, severity {severity})")
-    x, y = _cached(("corrupted", cfg.dataset, corruption, severity, n_images, seed),
+    x, y = _cached(("corrupted", cfg.dataset, data_fingerprint(cfg.dataset), corruption, severity, n_images, seed),
                    lambda: _corrupted_test(full, corruption, severity, n_images, seed))
     clean_x, clean_y = as_tensors(full.test)
     pick = _spread(len(clean_y), n_images)

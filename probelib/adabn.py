@@ -20,7 +20,10 @@ Two ways to estimate the statistics:
   ``layerwise=False`` one pass collects every layer's input while the BN layers normalise with
   batch statistics (train mode), as the PyTorch AdaBN pass sees them (cheaper, one pass).
 - ``momentum=<float>``: PyTorch's exponential average starting from the source statistics,
-  batch by batch in data order, as the authors' scripts ran it (they used 0.1).
+  batch by batch, as the authors' scripts ran it (they used 0.1) — in a seeded random order, as
+  their ``DataLoader(shuffle=True)`` fed it (``shuffle=True``, the default; ``shuffle=False`` keeps
+  the stored order). The last batches dominate the average, so on class-sorted data (the mnist5k
+  test split, every ImageFolder "-C" set) the stored order would be a hidden label shift.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from probelib.metrics import _model_device, iter_image_batches
+from probelib.metrics import _model_device, _to_float_images, iter_image_batches
 
 __all__ = ["bn_layers", "exclude_last", "exclude_first", "resolve_layers", "train_augmentation",
            "adapt_bn", "adapt_bn_", "adapted", "preserved_bn_statistics", "bn_statistics",
@@ -104,23 +107,30 @@ def _splitmix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def _image_draws(seed: int, start: int, n: int, k: int) -> np.ndarray:
-    """n×k pseudo-random uint64 draws, a pure function of (seed, global image index, j)."""
-    idx = np.arange(start, start + n, dtype=np.uint64)[:, None] * np.uint64(k) + np.arange(k, dtype=np.uint64)
+def _image_draws(seed: int, start: int, n: int, k: int, index: np.ndarray | None = None) -> np.ndarray:
+    """n×k pseudo-random uint64 draws, a pure function of (seed, global image index, j); the
+    indices are start..start+n−1, or ``index`` when given."""
+    index = np.arange(start, start + n, dtype=np.uint64) if index is None else np.asarray(index, dtype=np.uint64)
+    idx = index[:, None] * np.uint64(k) + np.arange(k, dtype=np.uint64)
     with np.errstate(over="ignore"):
         return _splitmix64(_splitmix64(np.uint64(seed % 2**63)) + idx)
 
 
 def train_augmentation(x: torch.Tensor, seed: int = 0, start: int = 0, pad: int = 4,
-                       flip: bool = True) -> torch.Tensor:
+                       flip: bool = True, index: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
     """The training augmentation, batched: random crop of the original size after zero-padding
     ``pad`` pixels per side, then (if ``flip``) a horizontal flip with probability ½.
 
     The crop offsets and flips of image ``i`` of the batch are a pure function of ``seed`` and
-    its global index ``start + i``, so the result does not depend on how the data is batched.
+    its global index ``start + i`` (or ``index[i]``: the dataset indices of a shuffled batch), so
+    the result does not depend on how the data is batched or ordered.
     """
     n, _, h, w = x.shape
-    draws = _image_draws(seed, start, n, 3)
+    if index is not None:
+        index = index.cpu().numpy() if isinstance(index, torch.Tensor) else np.asarray(index)
+        if index.shape != (n,):
+            raise ValueError(f"index must hold one dataset index per image ({n}), got shape {index.shape}")
+    draws = _image_draws(seed, start, n, 3, index)
     oy = torch.from_numpy((draws[:, 0] % np.uint64(2 * pad + 1)).astype(np.int64)).to(x.device)
     ox = torch.from_numpy((draws[:, 1] % np.uint64(2 * pad + 1)).astype(np.int64)).to(x.device)
     padded = nn.functional.pad(x, (pad, pad, pad, pad))
@@ -144,6 +154,11 @@ class _Augmenter:
         out = train_augmentation(x, self.seed, self.seen, flip=self.flip)
         self.seen += len(x)
         return out
+
+    def at(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Augment a batch whose images are the dataset's images ``index`` (a shuffled pass): each
+        image gets the crop and flip it gets in stored order."""
+        return train_augmentation(x, self.seed, flip=self.flip, index=index)
 
 
 def _augmenter(augment, channels: int, seed: int):
@@ -263,7 +278,24 @@ def _single_batch(data, batch_size: int) -> bool:
     return isinstance(x, torch.Tensor) and len(x) <= batch_size
 
 
-def _batches(data, batch_size, device, aug):
+def _batches(data, batch_size, device, aug, shuffle_seed: int | None = None):
+    """Float image batches of ``data`` on ``device`` (augmented if ``aug``): in stored order, or
+    with ``shuffle_seed`` in the order of ``torch.randperm(N, generator=manual_seed(shuffle_seed))``
+    — the order of ``DataLoader(shuffle=True)`` with that generator. Tensors keep each image's
+    augmentation tied to its dataset index; a DataLoader keeps its own order."""
+    from torch.utils.data import DataLoader, Dataset
+    if shuffle_seed is not None and not isinstance(data, DataLoader):
+        generator = torch.Generator().manual_seed(int(shuffle_seed))
+        x_all = data if isinstance(data, torch.Tensor) else getattr(data, "x", None)
+        if isinstance(x_all, torch.Tensor):
+            order = torch.randperm(len(x_all), generator=generator)
+            for s in range(0, len(order), batch_size):
+                index = order[s:s + batch_size]
+                x = _to_float_images(x_all[index].to(device, non_blocking=True))
+                yield (aug.at(x, index) if isinstance(aug, _Augmenter) else aug(x)) if aug is not None else x
+            return
+        if isinstance(data, Dataset):
+            data = DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
     for x in iter_image_batches(data, batch_size, device):
         yield aug(x) if aug is not None else x
 
@@ -297,11 +329,12 @@ def _exact_one_pass(model: nn.Module, data, chosen: Sequence[_BatchNorm], batch_
     return torch.cat(outputs)
 
 
-def _forward_all(model: nn.Module, data, batch_size: int, device, aug) -> int:
+def _forward_all(model: nn.Module, data, batch_size: int, device, aug, shuffle_seed: int | None = None) -> int:
     """Forward every (augmented) batch of ``data`` without keeping outputs (a pre-hook may stop a
-    pass early with :class:`_StopForward`); the number of batches, at least one."""
+    pass early with :class:`_StopForward`), in a seeded random order if ``shuffle_seed`` is given;
+    the number of batches, at least one."""
     batches = 0
-    for x in _batches(data, batch_size, device, aug):
+    for x in _batches(data, batch_size, device, aug, shuffle_seed):
         batches += 1
         try:
             model(x)
@@ -316,7 +349,7 @@ def _forward_all(model: nn.Module, data, batch_size: int, device, aug) -> int:
 def adapt_bn_(model: nn.Module, data, momentum: float | None = None,
               layers: Sequence[bool] | LayerSelector | None = None, augment=None,
               batch_size: int = 256, device: str | torch.device | None = None,
-              layerwise: bool = True, seed: int = 0) -> nn.Module:
+              layerwise: bool = True, seed: int = 0, shuffle: bool = True) -> nn.Module:
     """Adapt ``model``'s BN statistics to ``data`` **in place**; return the model in eval mode.
 
     See :func:`adapt_bn` for the arguments. Prefer :func:`adapted` (restores the source
@@ -339,7 +372,7 @@ def adapt_bn_(model: nn.Module, data, momentum: float | None = None,
             m.momentum = float(momentum)
             m.train()
         try:
-            _forward_all(model, data, batch_size, device, aug)
+            _forward_all(model, data, batch_size, device, aug, seed if shuffle else None)
         finally:
             model.eval()
             for m, old in zip(chosen, momenta):
@@ -382,7 +415,7 @@ def adapt_bn_(model: nn.Module, data, momentum: float | None = None,
 def adapt_bn(model: nn.Module, data, momentum: float | None = None,
              layers: Sequence[bool] | LayerSelector | None = None, augment=None,
              batch_size: int = 256, device: str | torch.device | None = None,
-             layerwise: bool = True, seed: int = 0) -> nn.Module:
+             layerwise: bool = True, seed: int = 0, shuffle: bool = True) -> nn.Module:
     """Return a copy of ``model`` whose BatchNorm statistics are re-estimated on ``data``.
 
     Only BatchNorm layers take part (dropout and everything else stays in eval mode); no
@@ -394,7 +427,8 @@ def adapt_bn(model: nn.Module, data, momentum: float | None = None,
             (items ``(x, y)`` or ``x``) or a DataLoader (its batching and order are used).
         momentum: ``None`` = reset and take the exact population mean and unbiased variance of
             each layer's input over all the data (float64); a float = PyTorch's exponential
-            average starting from the source statistics (the authors used 0.1).
+            average starting from the source statistics (the authors used 0.1), fed in the
+            order ``shuffle`` says.
         layers: which BN layers to adapt: a bool per layer of :func:`bn_layers` or a selector
             :func:`exclude_last` / :func:`exclude_first`. Unselected layers keep the source
             statistics and normalise with them during the pass.
@@ -405,21 +439,25 @@ def adapt_bn(model: nn.Module, data, momentum: float | None = None,
         device: where to compute; ``None`` = where the model's parameters are.
         layerwise: momentum=None only: exact layer-by-layer statistics in the adapted network
             (one truncated pass per layer) if True, else one pass with batch-normalised inputs.
-        seed: seeds the augmentation's random crops and flips.
+        seed: seeds the augmentation's random crops and flips and the shuffled order.
+        shuffle: float ``momentum`` only (the exact statistics do not depend on the order): feed
+            the batches in the seeded random order ``torch.randperm(N, generator=
+            torch.Generator().manual_seed(seed))``, as the authors' shuffling loader did (True,
+            default), or in stored order (False). A DataLoader always keeps its own order.
     """
     return adapt_bn_(copy.deepcopy(model), data, momentum, layers, augment, batch_size, device,
-                     layerwise, seed)
+                     layerwise, seed, shuffle)
 
 
 @contextlib.contextmanager
 def adapted(model: nn.Module, data, momentum: float | None = None,
             layers: Sequence[bool] | LayerSelector | None = None, augment=None,
             batch_size: int = 256, device: str | torch.device | None = None,
-            layerwise: bool = True, seed: int = 0) -> Iterator[nn.Module]:
+            layerwise: bool = True, seed: int = 0, shuffle: bool = True) -> Iterator[nn.Module]:
     """Context manager: adapt ``model`` in place (as :func:`adapt_bn`), yield it, and restore the
     source statistics and train/eval flags on exit — no deep copy, the fast path for grids."""
     with preserved_bn_statistics(model):
-        yield adapt_bn_(model, data, momentum, layers, augment, batch_size, device, layerwise, seed)
+        yield adapt_bn_(model, data, momentum, layers, augment, batch_size, device, layerwise, seed, shuffle)
 
 
 # ----------------------------------------------------------------------------- read-out
@@ -474,8 +512,9 @@ DEFAULT_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus
 
 
 def momentum_label(momentum: float | None) -> str:
-    """How a table names the statistics estimate: ``"None (exact average)"`` or ``"0.1 (EMA)"``."""
-    return "None (exact average)" if momentum is None else f"{momentum:g} (EMA from source)"
+    """How a table names the statistics estimate: ``"None (exact average)"`` or
+    ``"0.1 (EMA from source, shuffled)"`` (the studies feed the EMA in a seeded shuffled order)."""
+    return "None (exact average)" if momentum is None else f"{momentum:g} (EMA from source, shuffled)"
 
 
 def _label_table(df: pd.DataFrame, momentum: float | None, calibration: str | None = None) -> pd.DataFrame:

@@ -88,19 +88,50 @@ def test_single_pass_pools_all_values_not_per_batch_variances():
     assert not torch.allclose(stats(torch_cma)[0][1], stats(out)[0][1], rtol=1e-3)
 
 
-def test_float_momentum_is_the_authors_exponential_average_from_source():
-    model, x = tiny_bn_cnn(), data()
-    out = adapt_bn(model, x, momentum=0.1, batch_size=8)
+def _torch_ema(model, batches, momentum=0.1):
     ref = copy.deepcopy(model)
     for _, m in bn_layers(ref):
-        m.momentum = 0.1
+        m.momentum = momentum
         m.train()
     with torch.no_grad():
-        for s in range(0, len(x), 8):
-            ref(x[s:s + 8])
+        for b in batches:
+            ref(b)
+    return ref
+
+
+def test_float_momentum_is_the_authors_exponential_average_from_source_in_shuffled_order():
+    model, x = tiny_bn_cnn(), data()
+    out = adapt_bn(model, x, momentum=0.1, batch_size=8, seed=3)
+    # the authors' DataLoader(shuffle=True): a seeded permutation, then PyTorch's running average
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(3))
+    ref = _torch_ema(model, [x[perm[s:s + 8]] for s in range(0, len(x), 8)])
     for (a, b), (c, d) in zip(stats(out), stats(ref)):
-        assert torch.equal(a, c) and torch.equal(b, d)
+        assert torch.allclose(a, c, rtol=1e-5, atol=1e-6) and torch.allclose(b, d, rtol=1e-5, atol=1e-6)
     assert all(m.momentum == 0.1 for _, m in bn_layers(model))  # source momentum attribute kept
+    stored = adapt_bn(model, x, momentum=0.1, batch_size=8, shuffle=False)  # stored order on request
+    ref = _torch_ema(model, [x[s:s + 8] for s in range(0, len(x), 8)])
+    for (a, b), (c, d) in zip(stats(stored), stats(ref)):
+        assert torch.allclose(a, c, rtol=1e-5, atol=1e-6) and torch.allclose(b, d, rtol=1e-5, atol=1e-6)
+
+
+def test_ema_statistics_do_not_depend_on_class_sorted_order():
+    # 5 classes of 80 images, class c brighter by 0.15·c, stored sorted by class (as the mnist5k test
+    # split and every ImageFolder -C set are): in stored order the running average would be
+    # dominated by the last classes, a hidden label shift
+    model = tiny_bn_cnn()
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(5).repeat_interleave(80)
+    x = (0.2 * torch.rand(400, 1, 8, 8, generator=g) + 0.15 * y.view(-1, 1, 1, 1).float()).clamp(0, 1)
+    mixed = torch.randperm(400, generator=torch.Generator().manual_seed(11))
+    exact = stats(adapt_bn(model, x, momentum=None))[0][0]
+    spread = (0.15 * 4) * model[0].weight.detach().sum((1, 2, 3)).abs()      # class-mean range per channel
+    sorted_mean = stats(adapt_bn(model, x, momentum=0.1, batch_size=8))[0][0]
+    mixed_mean = stats(adapt_bn(model, x[mixed], momentum=0.1, batch_size=8))[0][0]
+    # sampling noise only: 50 batches of 8 (0.9^50 of the source statistics left), ~19 batches weigh in
+    assert ((sorted_mean - mixed_mean).abs() < 0.12 * spread).all(), (sorted_mean - mixed_mean, spread)
+    assert ((sorted_mean - exact).abs() < 0.12 * spread).all(), (sorted_mean - exact, spread)
+    in_stored_order = stats(adapt_bn(model, x, momentum=0.1, batch_size=8, shuffle=False))[0][0]
+    assert ((in_stored_order - exact).abs() > 0.2 * spread).all()   # what the shuffle removes
 
 
 @pytest.mark.parametrize("momentum", [None, 0.3])

@@ -164,6 +164,19 @@ def test_cw_l2_defaults_find_analytic_distance_from_8x8_to_cifar_scale(shape, hi
     assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
 
 
+@pytest.mark.parametrize("shape,hi", LINEAR_SCALES, ids=["8x8", "28x28", "3x32x32"])
+def test_study_attack_finds_analytic_distance_from_8x8_to_cifar_scale(shape, hi):
+    import inspect
+
+    from probelib.attacks import min_norm_attack
+    study = inspect.signature(closest_adversarial).parameters["attack"].default  # notebook 10's default
+    model, x, y, dist = _linear_problem_at(shape, hi=hi)
+    res = min_norm_attack(study)(model, x, y, progress=False)
+    assert res.success.all()
+    rel = (res.norms / dist - 1).abs()
+    assert rel.max() < 0.01, (study, rel, dist)
+
+
 def test_cw_l2_exact_foolbox_keeps_foolbox_mechanics():
     model, x, y, dist = _linear_problem_at((3, 32, 32), n_keep=4, hi=0.2)
     exact = cw_l2(model, x, y, progress=False, exact_foolbox=True)

@@ -703,10 +703,9 @@ def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT
     arms = _check_arms(arms)
     if any(a != "source" for a in arms):
         _require_bn(model, "shift_grid")
-    if clean is not None:
-        _check_xy(*_as_pair(clean), "clean")
-    for name, xy in (extra or {}).items():
-        _check_xy(*_as_pair(xy), f"extra[{name!r}]")
+    for name, xy in (({"clean": clean} if clean is not None else {}) | dict(extra or {})).items():
+        if isinstance(xy, (tuple, list)) and len(xy) == 2:  # in-memory sets: checked before any work
+            _check_xy(*_as_pair(xy), name)
     load = _subsampled(_corrupted_source(corrupted), n_images, seed)
     for s in severities:
         if int(s) != s or not 1 <= s <= 5:
@@ -723,7 +722,7 @@ def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT
             x, y = stratified_subset(*_as_pair(extra[name]), n_images, seed)
         else:
             x, y = load(name, sev)
-            _check_xy(x, y, f"the {name} severity {sev} set")  # a callable may return 0–255 pixels
+        _check_xy(x, y, f"the {name} severity {sev} set")  # a callable or Dataset may hold 0–255 pixels
         x = x.to(device)  # decoded once, used by every arm
         for r in evaluate_arms(work, x, torch.as_tensor(y), arms, momentum, None, augment, batch_size,
                                eval_batch_size, layerwise, seed, device):

@@ -94,6 +94,7 @@ def _correct_test_points(model, splits, n):
 # minimum-norm attacks
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cw_l2_default_matches_analytic_distance_of_linear_model():
     model, x, y, dist = _linear_problem()
     res = cw_l2(model, x, y, progress=False)
@@ -152,6 +153,7 @@ def test_cw_l2_same_success_set_and_norms_as_foolbox(digits_model):
     assert ours <= (1 + MEDIAN_NORM_RTOL) * theirs, (ours, theirs)
 
 
+@pytest.mark.slow
 def test_fast_attacks_reach_cw_norms(digits_model):
     model, splits = digits_model
     x, y = _correct_test_points(model, splits, 16)
@@ -270,6 +272,7 @@ def test_input_checks():
 # closest_adversarial (NCG's get_rob)
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_closest_adversarial_samples_correct_nn_points(digits_model):
     from probelib.neighbours import knn
 

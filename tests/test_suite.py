@@ -176,6 +176,7 @@ def test_verdict_prefix_is_what_collect_reads(tmp_path):
 
 # ----------------------------------------------------------------------------- severity explorer
 
+@pytest.mark.slow
 def test_explore_setting_bn_model_adabn_arms():
     import numpy as np
 
@@ -206,6 +207,7 @@ def test_explore_setting_bn_model_adabn_arms():
     assert len(plot_setting(adapted, n_cols=4).axes) == 8 + 2
 
 
+@pytest.mark.slow
 def test_explore_setting_without_batch_norm_and_bad_choices():
     import math
 

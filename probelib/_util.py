@@ -115,15 +115,18 @@ def check_finite_outputs(out: torch.Tensor, model: object) -> torch.Tensor:
 
 
 def check_images_or_features(x: torch.Tensor, name: str = "images", allow_uint8: bool = False) -> torch.Tensor:
-    """Check model inputs: 4-D tensors are images (see :func:`check_images`; uint8 too when
-    ``allow_uint8``, for APIs that divide it by 255 themselves); other shapes are feature
-    vectors (N×D), which may hold any finite float. Returns ``x``."""
+    """Check model inputs: 4-D (and 3-D, N×H×W) tensors are images (see :func:`check_images`;
+    uint8 too when ``allow_uint8``, for APIs that divide it by 255 themselves); 1-D and 2-D
+    ones are feature vectors (N×D), which may hold any finite float. Returns ``x``."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim >= 3 and allow_uint8 and x.dtype == torch.uint8:
+        return x
     if x.ndim == 4:
-        if allow_uint8 and x.dtype == torch.uint8:
-            return x
         return check_images(x, name)
+    if x.ndim == 3:  # N×H×W: pixels, not feature vectors
+        check_images(x.unsqueeze(1), name)
+        return x
     if not torch.is_floating_point(x):
         raise ValueError(f"{name} must be float (images N×C×H×W in [0, 1] or feature vectors N×D), got "
                          f"dtype {x.dtype} shape {tuple(x.shape)}; convert with x.float() (/ 255 for uint8 pixels)")

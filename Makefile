@@ -1,12 +1,12 @@
 # Two commands for a fresh machine:  `make run`  (the notebook suite on the embedded default)
-#                                    `make test` (the tests)
+#                                    `make test` (the tests; `make test-fast` skips the slow tier)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
 NBSTRIP := $(abspath $(PY)) -m nbstripout --keep-id
 
-.PHONY: run test smoke bench explore clean-results git-filters
+.PHONY: run test test-fast smoke bench explore clean-results git-filters
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ smoke: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# the fast tier: everything not marked @pytest.mark.slow (see pyproject.toml)
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
 
 bench: $(VENV)/.installed
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -11,17 +11,40 @@ import numpy as np
 import torch
 
 
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
 def default_device(device: str | torch.device | None = None) -> torch.device:
     """The device to compute on: ``device`` when given, else CUDA when present, else CPU.
 
-    The environment variable ``PROBELIB_DEVICE`` overrides the automatic choice.
+    The environment variable ``PROBELIB_DEVICE`` overrides the automatic choice. A device
+    this machine does not have (``"cuda"`` without CUDA, ``"cuda:3"`` with two GPUs, ``"mps"``
+    off Apple silicon) or a malformed name (``"gpu"``) is refused with the fix.
     """
     if device is None:
         device = os.environ.get("PROBELIB_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} was asked for but CUDA is not available here; "
-                         "pass device='cpu' (or leave device=None to choose automatically)")
+    fix = "pass device='cpu' (or leave device=None to choose automatically)"
+    if not isinstance(device, torch.device):
+        if not isinstance(device, str):
+            raise TypeError(f"device must be a str or torch.device such as 'cpu' or 'cuda:0', got "
+                            f"{type(device).__name__} {device!r}")
+        try:
+            device = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"device={device!r} is not a device name; use one of 'cpu', 'cuda', 'cuda:<index>' "
+                             f"or 'mps' (no spaces), or leave device=None to choose automatically") from None
+    if device.type not in _DEVICE_TYPES:
+        raise ValueError(f"device={str(device)!r} is not supported by probelib; use one of 'cpu', 'cuda', "
+                         f"'cuda:<index>' or 'mps'")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={str(device)!r} was asked for but CUDA is not available here; {fix}")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device={str(device)!r} was asked for but this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s) (cuda:0..cuda:"
+                             f"{torch.cuda.device_count() - 1}); pass one of those or device='cuda'")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device={str(device)!r} was asked for but MPS is not available here; {fix}")
     return device
 
 
@@ -89,3 +112,87 @@ def check_finite_outputs(out: torch.Tensor, model: object) -> torch.Tensor:
                          f"inputs (first at index {first}); its weights may have diverged (retrain it with a lower "
                          "learning rate, or load another checkpoint) or the inputs are not finite")
     return out
+
+
+def check_images_or_features(x: torch.Tensor, name: str = "images", allow_uint8: bool = False) -> torch.Tensor:
+    """Check model inputs: 4-D (and 3-D, N×H×W) tensors are images (see :func:`check_images`;
+    uint8 too when ``allow_uint8``, for APIs that divide it by 255 themselves); 1-D and 2-D
+    ones are feature vectors (N×D), which may hold any finite float. Returns ``x``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim >= 3 and allow_uint8 and x.dtype == torch.uint8:
+        return x
+    if x.ndim == 4:
+        return check_images(x, name)
+    if x.ndim == 3:  # N×H×W: pixels, not feature vectors
+        check_images(x.unsqueeze(1), name)
+        return x
+    if not torch.is_floating_point(x):
+        raise ValueError(f"{name} must be float (images N×C×H×W in [0, 1] or feature vectors N×D), got "
+                         f"dtype {x.dtype} shape {tuple(x.shape)}; convert with x.float() (/ 255 for uint8 pixels)")
+    if x.numel() and not torch.isfinite(x).all():
+        raise ValueError(f"{name} holds NaN or infinite values; pass finite inputs")
+    return x
+
+
+def check_labels(y, num_classes: int | None = None, name: str = "labels", n: int | None = None,
+                 where: str = "", allow_unseen: bool = False) -> np.ndarray:
+    """``y`` as an int64 array after checking it: integer dtype (bool and float refused, never
+    truncated), 1-D, in 0..num_classes−1 when given, and of length ``n`` when given.
+
+    ``where`` (a file or dataset) is named in the message so the user knows what to fix.
+    ``allow_unseen`` also admits −1, the label of a held-out class's (OOD) images.
+    """
+    low = -1 if allow_unseen else 0
+    src = f" in {where}" if where else ""
+    arr = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name}{src} must be integer class indices, got dtype {arr.dtype}; labels are never "
+                         "rounded or truncated: pass integers (e.g. y.long() after checking they are whole)")
+    if arr.ndim != 1:
+        raise ValueError(f"{name}{src} must be 1-D (one label per image), got shape {arr.shape}")
+    if n is not None and len(arr) != n:
+        raise ValueError(f"{name}{src} has {len(arr)} labels for {n} images; pass one label per image")
+    unseen = " (or -1 for a held-out class)" if allow_unseen else ""
+    if arr.size and num_classes is not None and (arr.min() < low or arr.max() >= num_classes):
+        bad = arr[(arr < low) | (arr >= num_classes)]
+        raise ValueError(f"{name}{src} must lie in 0..{num_classes - 1} ({num_classes} classes){unseen}, got "
+                         f"{len(bad)} outside, e.g. {int(bad[0])}; check the label file or num_classes")
+    if arr.size and num_classes is None and arr.min() < low:
+        raise ValueError(f"{name}{src} must be class indices >= 0{unseen}, got {int(arr.min())}")
+    return arr.astype(np.int64, copy=False)
+
+
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+
+
+def check_name(name: object, kind: str = "name") -> str:
+    """Return ``name`` if it is safe as one path component inside its folder, else raise.
+
+    Refused: non-strings, empty or blank names, ``.``/``..``, separators (``/``, ``\\``),
+    drive letters or other ``:``, NUL and control characters, leading/trailing spaces or a
+    trailing dot, and Windows device names. Every place where a name becomes a path uses it.
+    """
+    fix = "use letters, digits, '-', '_', '.' and '+' only (one path component, no folders)"
+    if not isinstance(name, str):
+        raise TypeError(f"{kind} must be a string, got {type(name).__name__} {name!r}")
+    bad = None
+    if not name.strip():
+        bad = "is empty"
+    elif name in (".", "..") or name.startswith(".."):
+        bad = "would leave its folder"
+    elif any(c in name for c in "/\\"):
+        bad = "holds a path separator"
+    elif ":" in name:
+        bad = "holds ':' (a drive or stream)"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        bad = "holds a NUL or control character"
+    elif name != name.strip() or name.endswith("."):
+        bad = "starts or ends with a space or ends with '.'"
+    elif name.split(".")[0].upper() in _RESERVED:
+        bad = "is a reserved device name"
+    elif len(name.encode()) > 200:
+        bad = "is longer than 200 bytes"
+    if bad:
+        raise ValueError(f"{kind} {name!r} {bad}; {fix}")
+    return name

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from probelib._util import check_images_or_features, check_labels, default_device
 from probelib.metrics import _model_device, _to_float_images, iter_image_batches
 
 __all__ = ["bn_layers", "exclude_last", "exclude_first", "resolve_layers", "train_augmentation",
@@ -58,6 +59,22 @@ def bn_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
     """The model's BatchNorm layers that keep running statistics, in registration order."""
     return [(name, m) for name, m in model.named_modules()
             if isinstance(m, _BatchNorm) and m.track_running_stats and m.running_mean is not None]
+
+
+def _require_bn(model: nn.Module, what: str = "AdaBN") -> None:
+    """Refuse a model without BatchNorm layers: re-estimating statistics it does not have
+    would silently return the source model, and a table where adabn = source."""
+    if not bn_layers(model):
+        raise ValueError(f"{what} needs a model with BatchNorm layers that keep running statistics, but "
+                         f"{type(model).__name__} has none (adapting it would change nothing and report "
+                         "adabn = source); use a BatchNorm model (e.g. build_model('WRN-16-2', C) or "
+                         "norm='batch'), or score it with arms=('source',) only")
+
+
+def _check_xy(x, y, what: str) -> torch.Tensor:
+    """Check a study's images (float [0, 1] or uint8) and labels (integers, one per image); return y."""
+    check_images_or_features(x, "x", allow_uint8=True)
+    return torch.from_numpy(check_labels(y, None, "y", n=len(x), where=what))
 
 
 class _Exclude:
@@ -359,7 +376,10 @@ def adapt_bn_(model: nn.Module, data, momentum: float | None = None,
         raise ValueError(f"momentum must be None (exact cumulative average) or a float in (0, 1], got {momentum!r}")
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    device = _model_device(model) if device is None else torch.device(device)
+    _require_bn(model, "adapt_bn")
+    if isinstance(data, torch.Tensor):  # Datasets and DataLoaders are checked batch by batch
+        check_images_or_features(data, "data", allow_uint8=True)
+    device = _model_device(model) if device is None else default_device(device)
     mask = resolve_layers(model, layers)
     aug = _augmenter(augment, _first_channels(data), seed) if augment is not None else None
     model.to(device).eval()
@@ -588,7 +608,9 @@ def evaluate_arms(work: nn.Module, x: torch.Tensor, y: torch.Tensor, arms: Seque
     from probelib.ncg import mcnemar
     if len(x) == 0:
         raise ValueError("no images to evaluate (empty set)")
-    y = torch.as_tensor(y)
+    y = _check_xy(x, y, "evaluate_arms")
+    if any(a != "source" for a in _check_arms(arms)):
+        _require_bn(work, "evaluate_arms")
     rows, correct = [], {}
     for arm in _check_arms(arms):
         logits = arm_logits(work, x, arm, momentum, layers, augment, batch_size, eval_batch_size, layerwise,
@@ -615,7 +637,10 @@ def arm_logits(work: nn.Module, x: torch.Tensor, arm: str = "adabn", momentum: f
     one batch, the single statistics pass already is the adapted model's forward on ``x``."""
     from probelib.metrics import check_finite_outputs, predict
     (arm,) = _check_arms([arm])
-    device = _model_device(work) if device is None else torch.device(device)
+    check_images_or_features(x, "x", allow_uint8=True)
+    if arm != "source":
+        _require_bn(work, "arm_logits")
+    device = _model_device(work) if device is None else default_device(device)
     eval_batch_size = _eval_batch(eval_batch_size, device)
     batch_size = _stats_batch(batch_size, momentum, x)
     if arm == "source":
@@ -730,6 +755,11 @@ def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT
     """
     from tqdm.auto import tqdm
     arms = _check_arms(arms)
+    if any(a != "source" for a in arms):
+        _require_bn(model, "shift_grid")
+    for name, xy in (({"clean": clean} if clean is not None else {}) | dict(extra or {})).items():
+        if isinstance(xy, (tuple, list)) and len(xy) == 2:  # in-memory sets: checked before any work
+            _check_xy(*_as_pair(xy), name)
     load = _subsampled(_corrupted_source(corrupted), n_images, seed)
     for s in severities:
         if int(s) != s or not 1 <= s <= 5:
@@ -746,6 +776,7 @@ def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT
             x, y = stratified_subset(*_as_pair(extra[name]), n_images, seed)
         else:
             x, y = load(name, sev)
+        _check_xy(x, y, f"the {name} severity {sev} set")  # a callable or Dataset may hold 0–255 pixels
         x = x.to(device)  # decoded once, used by every arm
         for r in evaluate_arms(work, x, torch.as_tensor(y), arms, momentum, None, augment, batch_size,
                                eval_batch_size, layerwise, seed, device, calibration=calibration):
@@ -879,7 +910,8 @@ def label_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ks: Sequence
     """
     from probelib.metrics import accuracy, predict
     _check_arms([arm])
-    y = torch.as_tensor(y)
+    _require_bn(model, "label_shift")
+    y = _check_xy(x, y, "label_shift")
     for k in ks:
         if int(k) != k or k < 1:
             raise ValueError(f"ks must hold integers >= 1 (number of classes kept), got {k!r}")
@@ -989,6 +1021,9 @@ def black_border_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         if b not in fills:
             from probelib._util import unknown_name
             raise unknown_name("border", b, fills)
+    if any(a != "source" for a in _check_arms(arms)):
+        _require_bn(model, "black_border_study")
+    y = _check_xy(x, y, "black_border_study")
     work, device = _working_copy(model, device)
     rows = []
     for b in borders:
@@ -1027,6 +1062,8 @@ def bn_statistics_comparison(model: nn.Module, x: torch.Tensor, momentum: float 
                              seed: int = 0, device=None) -> pd.DataFrame:
     """Per BN layer, source vs adapted (on ``x``) running statistics: ``source_mean_abs``,
     ``adapted_mean_abs``, ``source_log_var``, ``adapted_log_var`` plus :func:`bn_statistics_shift`."""
+    _require_bn(model, "bn_statistics_comparison")
+    check_images_or_features(x, "x", allow_uint8=True)
     work, device = _working_copy(model, device)
     adapted_model = adapt_bn(work, x.to(device), momentum, None, augment, _stats_batch(batch_size, momentum, x),
                              device, layerwise, seed)
@@ -1062,14 +1099,16 @@ def ncg_under_adabn(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tens
     from probelib.neighbours import knn
     if arm not in ("adabn", "adabn+aug"):
         raise ValueError(f"arm must be 'adabn' or 'adabn+aug', got {arm!r}")
+    _require_bn(model, "ncg_under_adabn")
+    train_y = _check_xy(train_x, train_y, "ncg_under_adabn's training set").numpy()
     load = _subsampled(_corrupted_source(corrupted), n_images, seed)
     work, device = _working_copy(model, device)
-    train_y = torch.as_tensor(train_y).cpu().numpy()
     rows = []
     for c in tqdm(list(corruptions), desc="NCG under AdaBN"):
         src_pred, ada_pred, nn_lab, labels = [], [], [], []
         for s in severities:
             x, y = load(c, int(s))
+            _check_xy(x, y, f"the {c} severity {s} set")
             _, idx = knn(train_x, x, k=1, progress=False)
             nn_lab.append(train_y[np.asarray(idx).reshape(len(x), -1)[:, 0]])
             labels.append(torch.as_tensor(y).numpy())

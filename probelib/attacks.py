@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from probelib._util import check_choice, check_images, check_positive, default_device, unknown_name
+from probelib._util import (check_choice, check_images, check_images_or_features, check_positive, default_device,
+                            unknown_name)
 
 NORMS = ("l2", "linf")
 
@@ -634,11 +635,13 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512,
     """Arg-max predictions of ``model`` on ``x`` in eval mode (caller's mode restored), on CPU.
 
     ``device`` defaults to the one holding the model's parameters (CPU for a parameter-free model).
+    ``x``: images float in [0, 1] (N×C×H×W) or feature vectors (N×D); uint8 is refused.
     """
+    check_images_or_features(x, "x")
     if device is None:
         params = list(model.parameters())
         device = params[0].device if params else torch.device("cpu")
-    device = torch.device(device)
+    device = default_device(device)
     out = []
     with eval_mode(model):
         for start in range(0, len(x), batch_size):
@@ -676,7 +679,7 @@ def closest_adversarial(model: nn.Module, train_x: torch.Tensor, train_y: torch.
     if device is None:
         params = list(model.parameters())
         device = params[0].device if params else default_device()
-    device = torch.device(device)
+    device = default_device(device)
 
     candidates = np.unique(nn_indices.ravel())
     index = torch.as_tensor(candidates)

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from probelib._util import check_finite_outputs
+from probelib._util import check_finite_outputs, check_images_or_features, default_device
 
 __all__ = ["accuracy", "mean_confidence", "confidences", "rms_calibration_error", "CALIBRATION_VARIANTS",
            "calibration_label",
@@ -146,7 +146,9 @@ def classification_metrics(logits, labels, bin_size: int = 100, n_bins: int = 15
             "ece": expected_calibration_error(logits, labels, n_bins)}
 
 
-def _to_float_images(x: torch.Tensor) -> torch.Tensor:
+def _to_float_images(x: torch.Tensor, checked: bool = False) -> torch.Tensor:
+    if not checked:  # batches from a Dataset/DataLoader: checked one by one as they come
+        check_images_or_features(x, "images", allow_uint8=True)
     if x.dtype == torch.uint8:
         return x.float().div_(255)
     return x if x.dtype == torch.float32 else x.float()
@@ -155,15 +157,20 @@ def _to_float_images(x: torch.Tensor) -> torch.Tensor:
 def iter_image_batches(data, batch_size: int = 512, device: torch.device | None = None,
                        desc: str | None = None) -> Iterable[torch.Tensor]:
     """Yield float32 image batches on ``device`` from a tensor (float in [0, 1] or uint8), a
-    Dataset (items ``(x, y)`` or ``x``) or a DataLoader (its own batching is kept)."""
+    Dataset (items ``(x, y)`` or ``x``) or a DataLoader (its own batching is kept).
+
+    Images (N×C×H×W) must be float in [0, 1] or uint8 (divided by 255 here); float outside
+    [0, 1] (e.g. 0–255 pixels), NaN or inf is refused. Other shapes are feature vectors
+    (N×D, any finite float). A tensor is checked whole before the first batch."""
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(data, torch.Tensor):
         if data.ndim < 2:
             raise ValueError(f"images must be N×C×H×W, got shape {tuple(data.shape)}")
+        check_images_or_features(data, "images", allow_uint8=True)
         starts = range(0, len(data), batch_size)
         for s in tqdm(starts, desc=desc, leave=False, disable=desc is None):
-            yield _to_float_images(data[s:s + batch_size].to(device, non_blocking=True))
+            yield _to_float_images(data[s:s + batch_size].to(device, non_blocking=True), checked=True)
         return
     if isinstance(data, Dataset) and not isinstance(data, DataLoader):
         x = getattr(data, "x", None)
@@ -195,7 +202,7 @@ def predict(model: nn.Module, data, batch_size: int = 512, device: str | torch.d
     ``device`` defaults to where the model's parameters are; the model is moved there if needed.
     The model's train/eval flags are restored afterwards.
     """
-    device = _model_device(model) if device is None else torch.device(device)
+    device = _model_device(model) if device is None else default_device(device)
     model.to(device)
     flags = {m: m.training for m in model.modules()}
     model.eval()

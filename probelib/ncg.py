@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from probelib._util import check_images_or_features, check_labels, check_name, default_device
 from probelib.store import Store, default_store, fingerprint
 
 __all__ = ["agreement", "ncg", "bootstrap_ci", "chi_square_vs_chance", "mcnemar", "mcnemar_counts", "distance_bins",
@@ -28,14 +29,14 @@ __all__ = ["agreement", "ncg", "bootstrap_ci", "chi_square_vs_chance", "mcnemar"
 
 
 # ----------------------------------------------------------------------------- core statistics
-def _labels(a, name: str) -> np.ndarray:
+def _labels(a, name: str, num_classes: int | None = None) -> np.ndarray:
     if isinstance(a, torch.Tensor):
         a = a.detach().cpu().numpy()
     a = np.asarray(a)
     if a.ndim == 2:  # logits N×C, or k-NN labels N×k (the first is the nearest)
         raise ValueError(f"{name} must be a 1-D vector of labels, got shape {a.shape}; pass "
                          "logits.argmax(1) for predictions or labels[:, 0] for the 1-NN labels")
-    return a.reshape(-1)
+    return check_labels(a.reshape(-1), num_classes, name)
 
 
 def agreement(predictions, nn_labels) -> np.ndarray:
@@ -166,6 +167,12 @@ def ncg_report(predictions, nn_labels, num_classes: int, *, test_predictions=Non
                test_nn_labels=None, n_boot: int = 2000, seed: int = 0) -> dict:
     """One table row: NCG with its bootstrap 95 % interval, the χ² test against 1/C, and (when the
     test predictions and their 1-NN labels are given) the in-distribution NCG with its interval."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2 (the seen classes), got {num_classes!r}")
+    for arg, value in (("predictions", predictions), ("nn_labels", nn_labels),
+                       ("test_predictions", test_predictions), ("test_nn_labels", test_nn_labels)):
+        if value is not None:
+            _labels(value, arg, int(num_classes))
     match = agreement(predictions, nn_labels)
     lo, hi = bootstrap_ci(match, n_boot=n_boot, seed=seed)
     chi = chi_square_vs_chance(match, num_classes)
@@ -187,8 +194,17 @@ def _store(store) -> Store | None:
 
 def predict_labels(model: torch.nn.Module, x: torch.Tensor, *, store: Store | None | bool = None,
                    name: str = "predictions", device=None, batch_size: int = 512) -> np.ndarray:
-    """Argmax predictions of ``model`` (eval mode) on ``x``, cached by (weights, inputs)."""
+    """Argmax predictions of ``model`` (eval mode) on ``x``, cached by (weights, inputs).
+
+    ``x``: images N×C×H×W float in [0, 1] (or uint8, divided by 255) or feature vectors N×D;
+    checked, with ``name`` and ``device``, before any work or cache lookup.
+    """
     from probelib.metrics import predict
+
+    check_images_or_features(x, "x", allow_uint8=True)
+    check_name(name, "name")
+    if device is not None:
+        default_device(device)
 
     def compute():
         return {"pred": predict(model, x, batch_size=batch_size, device=device, desc=None).argmax(1).numpy()}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from probelib._util import check_choice, default_device
+from probelib._util import check_choice, check_images_or_features, check_labels, check_name, default_device
 from probelib.store import Store, default_store, fingerprint
 
 __all__ = ["METRICS", "IMAGENET_MEAN", "IMAGENET_STD", "knn", "brute_force_knn", "Neighbours",
@@ -468,6 +468,8 @@ def nearest_neighbours(reference_x, reference_y, queries, *, k: int = 1, metric:
         queries: the points to look up (OOD images, test images, ...).
         space: ``"pixel"`` (raw values, optionally normalised) or ``"feature"`` (``model``'s
             representation via ``model.features``; the spec uses the naturally trained model).
+        reference_x, queries: images float in [0, 1] (N×C×H×W; uint8 and 0–255 floats are
+            refused) or feature vectors (N×D, any finite float), both of the same kind.
         normalise: ``None``, ``"imagenet"`` (spec §1.2 for ImageNet sets) or ``(mean, std)``;
             applied per channel to both sets before the search (pixel space only).
         store: a :class:`Store`, ``None`` for the default store, ``False`` for no caching. The key
@@ -477,6 +479,8 @@ def nearest_neighbours(reference_x, reference_y, queries, *, k: int = 1, metric:
     """
     check_choice("space", space, ("pixel", "feature"))
     check_choice("metric", metric, METRICS)
+    check_name(name, "name")
+    default_device(device)  # an unavailable device is refused even when the result is cached
     ms = _normaliser(normalise)
     if space == "feature" and model is None:
         raise ValueError("space='feature' needs model=<the backbone whose features(x) defines the space>")
@@ -486,9 +490,13 @@ def nearest_neighbours(reference_x, reference_y, queries, *, k: int = 1, metric:
         reference_x = torch.from_numpy(reference_x)
     if isinstance(queries, np.ndarray):
         queries = torch.from_numpy(queries)
-    reference_y = torch.as_tensor(reference_y).long()
-    if len(reference_x) != len(reference_y):
-        raise ValueError(f"reference_x and reference_y differ in length: {len(reference_x)} vs {len(reference_y)}")
+    # images (N×C×H×W) float in [0, 1]; feature vectors (N×D) any finite float; never uint8
+    check_images_or_features(reference_x, "reference_x")
+    check_images_or_features(queries, "queries")
+    if reference_x.ndim != queries.ndim:
+        raise ValueError(f"reference_x and queries must both be images or both feature vectors, got shapes "
+                         f"{tuple(reference_x.shape)} and {tuple(queries.shape)}")
+    reference_y = torch.from_numpy(check_labels(reference_y, None, "reference_y", n=len(reference_x)))
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= len(reference_x):
         raise ValueError(f"k must be an integer in 1..len(reference_x)={len(reference_x)}, got {k!r}")
 

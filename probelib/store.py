@@ -284,7 +284,14 @@ class Store:
         return f"Store({str(self.root)!r})"
 
     def path(self, kind: str, name: str, key: str, ext: str) -> Path:
-        """Where the artifact (kind, name, key) lives; ``ext`` includes the dot."""
+        """Where the artifact (kind, name, key) lives; ``ext`` includes the dot.
+
+        ``kind`` and ``name`` must each be one safe path component (see ``check_name``).
+        """
+        from probelib._util import check_name
+
+        check_name(kind, "store kind")
+        check_name(name, "store name")
         return self.root / kind / f"{name}-{key[:16]}{ext}"
 
     @staticmethod

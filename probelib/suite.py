@@ -14,6 +14,7 @@ import argparse
 import datetime as _dt
 import html
 import json
+import math
 import os
 import platform
 import re
@@ -26,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from probelib._util import unknown_name
+from probelib._util import check_name, unknown_name
 from probelib.store import atomic_write, write_text_atomic
 
 __all__ = ["VERDICT_PREFIX", "save_table", "save_figure", "verdict",
@@ -47,6 +48,7 @@ def _results_folder(results_dir: str | os.PathLike) -> Path:
 def save_table(df: pd.DataFrame, name: str, results_dir: str | os.PathLike,
                float_format: str = "%.4f") -> Path:
     """Save ``df`` as ``<results_dir>/tables/<name>.csv`` and ``.tex`` (atomically); return the CSV path."""
+    check_name(name, "table name")
     folder = _results_folder(results_dir) / "tables"
     csv = folder / f"{name}.csv"
     with atomic_write(csv) as tmp:
@@ -58,6 +60,7 @@ def save_table(df: pd.DataFrame, name: str, results_dir: str | os.PathLike,
 
 def save_figure(fig, name: str, results_dir: str | os.PathLike, dpi: int = 150) -> Path:
     """Save a matplotlib figure as ``<results_dir>/figures/<name>.png`` and ``.pdf`` (atomically)."""
+    check_name(name, "figure name")
     folder = _results_folder(results_dir) / "figures"
     png = folder / f"{name}.png"
     with atomic_write(png) as tmp:
@@ -168,19 +171,200 @@ def notebook_parameters(notebook: Notebook | str | os.PathLike) -> dict[str, dic
 
 
 def parse_parameter_value(value: str) -> Any:
-    """Convert a ``-p KEY VALUE`` string as papermill's command line does.
+    """Convert a ``-p KEY VALUE`` string as papermill's command line does, and more strictly.
 
-    ``True``/``False``/``None`` become those values, integers and floats become numbers, anything
-    else stays a string (use ``-r`` for a raw string, or ``-f params.yaml`` for lists and dicts).
+    ``True``/``False``/``None`` (any case: ``-p smoke false`` means False) become those values,
+    integers and floats become numbers, anything else stays a string (use ``-r`` for a raw
+    string, or ``-f params.yaml`` for lists and dicts). The value's type is then checked
+    against the notebook's parameter by :func:`check_parameters`.
     """
-    if value in ("True", "False", "None"):
-        return {"True": True, "False": False, "None": None}[value]
+    word = value.strip().lower()
+    if word in ("true", "false", "none"):
+        return {"true": True, "false": False, "none": None}[word]
     for kind in (int, float):
         try:
             return kind(value)
         except ValueError:
             pass
     return value
+
+
+# What each notebook parameter may hold: (types, check or None, what the check demands). A value
+# of another type, or one the check refuses, stops the run before any kernel starts; nothing is
+# clamped. Parameters not listed here must have the type of their default in the notebook.
+_LIST = (list, tuple)
+
+
+def _finite_pos(v) -> bool:
+    return math.isfinite(v) and v > 0
+
+
+def _ints(lo: int, hi: int | None = None) -> Callable[[Any], bool]:
+    return lambda v: all(lo <= i and (hi is None or i <= hi) for i in (v if isinstance(v, _LIST) else [v]))
+
+
+def _names(valid: Callable[[], Iterable[str]]) -> Callable[[Any], bool]:
+    return lambda v: all(n in set(valid()) for n in (v if isinstance(v, _LIST) else [v]))
+
+
+def _corruption_names() -> list[str]:
+    from probelib.corruptions import corruption_names
+    return corruption_names(extra=True)
+
+
+def _methods() -> list[str]:
+    from probelib.training import METHODS
+    return list(METHODS)
+
+
+_ARMS = ("source", "adabn", "adabn+aug")
+PARAMETER_RULES: dict[str, tuple[tuple[type, ...], Callable[[Any], bool] | None, str]] = {
+    "smoke": ((bool,), None, "True or False"),
+    "adabn": ((bool,), None, "True or False"),
+    "dataset": ((str,), None, "a dataset name such as 'mnist5kwo9'"),
+    "device": ((str, type(None)), None, "None, 'cpu', 'cuda', 'cuda:<index>' or 'mps'"),
+    "eps": ((float, int), _finite_pos, "a finite number > 0"),
+    "alpha": ((float,), lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "momentum": ((float, int, type(None)), lambda v: v is None or 0 < v <= 1, "None or a number in (0, 1]"),
+    "severity": ((int,), _ints(1, 5), "an integer in 1..5"),
+    "bn_severity": ((int,), _ints(1, 5), "an integer in 1..5"),
+    "severities": (_LIST, lambda v: len(v) > 0 and _ints(1, 5)(v), "a non-empty list of integers in 1..5"),
+    "n_images": ((int, type(None)), lambda v: v is None or v >= 1, "None (all) or an integer >= 1"),
+    "n_points": ((int,), _ints(1), "an integer >= 1"),
+    "n_bins": ((int,), _ints(1), "an integer >= 1"),
+    "n_examples": ((int,), _ints(1), "an integer >= 1"),
+    "n_show": ((int,), _ints(1), "an integer >= 1"),
+    "attack_steps": ((int, type(None)), lambda v: v is None or v >= 1, "None or an integer >= 1"),
+    "size": ((int, type(None)), lambda v: v is None or v >= 1, "None or an integer >= 1"),
+    "seed": ((int,), _ints(0), "an integer >= 0"),
+    "image_index": ((int,), _ints(0), "an integer >= 0"),
+    "held_out": ((int, type(None)) + _LIST, lambda v: v is None or _ints(0)(v), "None, a class index >= 0 or a list of them"),
+    "ks": (_LIST + (type(None),), lambda v: v is None or (len(v) > 0 and _ints(1)(v)), "None or a non-empty list of integers >= 1"),
+    "ms": (_LIST, lambda v: len(v) > 0 and _ints(0)(v), "a non-empty list of integers >= 0"),
+    "methods": (_LIST, lambda v: len(v) > 0 and _names(_methods)(v), "a non-empty list of training methods"),
+    "feature_methods": (_LIST, lambda v: len(v) > 0 and _names(_methods)(v), "a non-empty list of training methods"),
+    "corruption": ((str,), _names(_corruption_names), "a corruption name"),
+    "bn_corruption": ((str,), _names(_corruption_names), "a corruption name"),
+    "corruptions": (_LIST + (type(None),), lambda v: v is None or (len(v) > 0 and _names(_corruption_names)(v)),
+                    "None (all) or a non-empty list of corruption names"),
+    "arm": ((str,), _names(lambda: _ARMS), f"one of {', '.join(_ARMS)}"),
+    "arms": (_LIST, lambda v: len(v) > 0 and _names(lambda: _ARMS)(v), f"a non-empty list of {', '.join(_ARMS)}"),
+    "exclude": (_LIST, lambda v: len(v) > 0 and _names(lambda: ("last", "first"))(v), "a list of 'last', 'first'"),
+    "borders": (_LIST, lambda v: len(v) > 0 and _names(lambda: ("none", "black", "white"))(v),
+                "a list of 'none', 'black', 'white'"),
+}
+_TYPE_WORDS = {bool: "True/False", int: "an integer", float: "a number", str: "a string", list: "a list",
+               tuple: "a list", type(None): "None", dict: "a mapping"}
+
+
+def _literal(default_text: str) -> tuple[bool, Any]:
+    """``(True, value)`` when a parameters-cell default is a plain literal, else ``(False, None)``."""
+    import ast
+    try:
+        return True, ast.literal_eval(default_text)
+    except (ValueError, SyntaxError):
+        return False, None
+
+
+def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # a bool is an int to Python, never to a notebook parameter
+        return bool in types
+    if isinstance(value, int) and float in types:
+        return True
+    return isinstance(value, tuple(t for t in types if t is not bool))
+
+
+_ELEMENTS = {**{k: int for k in ("severities", "ms", "ks", "held_out")},
+             **{k: str for k in ("methods", "feature_methods", "corruptions", "arms", "exclude", "borders")}}
+
+
+def _rule_holds(key: str, value: Any) -> bool:
+    """Whether ``value`` satisfies :data:`PARAMETER_RULES` ``[key]`` (type, element type, range, finite)."""
+    types, check, _ = PARAMETER_RULES[key]
+    if not _type_ok(value, types):
+        return False
+    if isinstance(value, _LIST) and key in _ELEMENTS:
+        kind = _ELEMENTS[key]
+        if not all(isinstance(i, kind) and not isinstance(i, bool) for i in value):
+            return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    try:
+        return check is None or bool(check(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def check_parameters(values: Mapping[str, Any], declared: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse, with one line naming the parameter, a value of the wrong type or out of range.
+
+    ``values``: the overrides (``-p``/``-r``/``-f``); ``declared``: per notebook stem, its
+    parameters cell (:func:`notebook_parameters`). For each notebook declaring the name, the
+    rule of :data:`PARAMETER_RULES` applies when the notebook's own default satisfies it (so a
+    notebook that means something else by the name is not held to it); otherwise the value must
+    have the type of the default (an int is accepted for a float; a None default takes anything).
+    Non-finite floats are always refused. Nothing is converted or clamped.
+    """
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"parameter {key}={value!r} is refused: it must be a finite number; nothing was run")
+        for stem, params in declared.items():
+            if key not in params:
+                continue
+            default_text = str(params[key].get("default", "None"))
+            literal, default = _literal(default_text)
+            if key in PARAMETER_RULES and (not literal or _rule_holds(key, default)):
+                if not _rule_holds(key, value):
+                    raise ValueError(f"parameter {key}={value!r} is refused: {key} must be "
+                                     f"{PARAMETER_RULES[key][2]} (notebook {stem}); nothing was run")
+                continue
+            if not literal or default is None:
+                continue
+            expected = type(default)
+            types = (float, int) if expected is float else _LIST if expected in _LIST else (expected,)
+            if not _type_ok(value, types):
+                raise ValueError(f"parameter {key}={value!r} is refused: notebook {stem} expects "
+                                 f"{_TYPE_WORDS.get(expected, expected.__name__)} (its default is "
+                                 f"{default_text}); nothing was run")
+        if key == "device" and value is not None:
+            from probelib._util import default_device
+            try:
+                default_device(value)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"parameter device={value!r} is refused: {err}; nothing was run") from None
+        if key == "dataset" and isinstance(value, str):
+            from probelib.data import parse_name
+            parse_name(value)
+
+
+def check_writable_dir(path: Path, what: str, fix: str) -> None:
+    """Raise a one-line error unless ``path`` is (or can be created as) a folder this process can write in.
+
+    The check writes and removes a probe file, so it holds for root, read-only mounts and ACLs alike;
+    a folder that does not exist yet is not created (its nearest existing parent is probed).
+    """
+    import errno
+    import tempfile
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a file, not a folder; {fix}")
+    probe_dir = path
+    while not probe_dir.exists():
+        if probe_dir.parent == probe_dir:
+            break
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise ValueError(f"{what} {str(path)!r} cannot be created: {str(probe_dir)!r} is a file; {fix}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".probelib-write-check-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = ("the disk is full" if err.errno == errno.ENOSPC else
+                  "it is on a read-only file system" if err.errno == errno.EROFS else
+                  "permission denied" if err.errno in (errno.EACCES, errno.EPERM) else err.strerror or str(err))
+        raise ValueError(f"{what} {str(path)!r} is not writable ({reason} in {str(probe_dir)!r}); {fix}") from None
 
 
 def load_parameter_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -430,12 +614,24 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
     for key in overrides:
         if key not in known:
             raise unknown_name("parameter", key, known or ["(none declared)"])
+    check_parameters(overrides, declared)  # types and ranges, before any kernel starts
+    if execution_timeout is not None and not (isinstance(execution_timeout, (int, float))
+                                              and not isinstance(execution_timeout, bool)
+                                              and math.isfinite(execution_timeout) and execution_timeout > 0):
+        raise ValueError(f"--timeout must be a finite number of seconds > 0 (or omitted for none), "
+                         f"got {execution_timeout!r}")
     if dataset is not None:
         from probelib.data import parse_name
 
         parse_name(dataset)  # an unknown dataset name fails here, before any notebook runs
     out = (Path(out) if out is not None else _default_out(dataset)).resolve()
     cwd = Path(cwd).resolve() if cwd is not None else chosen[0].path.parent.parent
+    check_writable_dir(out, "--out", "pass --out DIR naming a folder you can write to")
+    store_root = Path(dict(env or {}).get("PROBELIB_PRECOMPUTED") or os.environ.get("PROBELIB_PRECOMPUTED")
+                      or "precomputed")
+    store_root = store_root if store_root.is_absolute() else cwd / store_root
+    check_writable_dir(store_root, "the artifact store", "make it writable, or point PROBELIB_PRECOMPUTED at "
+                       "a writable folder")
     if progress_bar is None:
         progress_bar = sys.stderr.isatty() and not quiet
 
@@ -752,9 +948,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
             names = ", ".join(notebook_parameters(nb))
             print(f"{nb.stem:28s} {names}")
         return 0
-    result = run_suite(notebooks_dir=args.notebooks, dataset=args.dataset, only=args.only,
-                       skip=args.skip, parameters=overrides, smoke=args.smoke, out=args.out,
-                       fresh=args.fresh, execution_timeout=args.timeout, keep_going=args.keep_going)
+    try:
+        result = run_suite(notebooks_dir=args.notebooks, dataset=args.dataset, only=args.only,
+                           skip=args.skip, parameters=overrides, smoke=args.smoke, out=args.out,
+                           fresh=args.fresh, execution_timeout=args.timeout, keep_going=args.keep_going)
+    except OSError as err:  # a full disk, a folder that became read-only: one line, no traceback
+        if isinstance(err, FileNotFoundError) and err.filename is None:
+            raise
+        import errno
+        where = f" {err.filename!r}" if err.filename else ""
+        fix = ("free space on that disk or pass --out on another" if err.errno == errno.ENOSPC else
+               "make it writable or pass --out / PROBELIB_PRECOMPUTED elsewhere")
+        print(f"error: cannot write{where}: {err.strerror or err}; {fix}. Re-running reuses what was "
+              "already computed", file=sys.stderr)
+        return 1
     return 0 if result.ok else 1
 
 

@@ -382,6 +382,10 @@ def train(model: nn.Module, splits: Any, method: str = "natural", eps: float | N
             raise TypeError(f"splits must have .train and .test datasets (probelib.data.Splits), got {type(splits).__name__}")
     if len(splits.train) == 0:
         raise ValueError("splits.train is empty: nothing to train on")
+    if method == "mixup" and (batch_size < 2 or len(splits.train) < 2):
+        raise ValueError(f"method='mixup' mixes pairs within a batch and needs batch_size >= 2 and at least 2 "
+                         f"training images, got batch_size={batch_size} and {len(splits.train)} images: every "
+                         "batch would be skipped and no optimiser step taken; pass batch_size >= 2")
     ddp = distributed.init_distributed(device)  # None unless launched by torchrun
     device = ddp.device if ddp is not None else default_device(device)
     if amp and device.type != "cuda":
@@ -489,6 +493,10 @@ def train(model: nn.Module, splits: Any, method: str = "natural", eps: float | N
             loss_sum += value * len(labels)
             correct += int((logits.detach().argmax(1) == labels).sum())
             seen += len(labels)
+        if seen == 0:  # no optimiser step this epoch: never store it as a trained model
+            raise ValueError(f"epoch {epoch + 1} of method={method!r} took no optimiser step ({len(splits.train)} "
+                             f"training images, batch_size={batch_size}); nothing was trained or saved. Use more "
+                             "training images or a batch size that yields at least one full step")
         seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
         if ddp is None:

@@ -259,16 +259,19 @@ def test_shift_grid_matches_direct_adaptation_and_keeps_source():
     direct_src = classification_metrics(predict(model, xc, desc=None), yc)
     direct_ada = classification_metrics(predict(adapt_bn(model, xc, momentum=None), xc, desc=None), yc)
     direct_aug = classification_metrics(predict(adapt_bn(model, xc, augment="crop"), xc, desc=None), yc)
+    # two code paths (a channels-last working copy, one exact pass vs adapt_bn): the same numbers
+    # up to float rounding, so at most one image of n may be classified differently on another CPU
+    one_flip = 1 / len(yc) + 1e-6
     for key in direct_src:
-        assert row.loc["source", key] == pytest.approx(direct_src[key], abs=1e-6)
-        assert row.loc["adabn", key] == pytest.approx(direct_ada[key], abs=1e-6)
-        assert row.loc["adabn+aug", key] == pytest.approx(direct_aug[key], abs=1e-6)
+        assert row.loc["source", key] == pytest.approx(direct_src[key], abs=one_flip)
+        assert row.loc["adabn", key] == pytest.approx(direct_ada[key], abs=one_flip)
+        assert row.loc["adabn+aug", key] == pytest.approx(direct_aug[key], abs=one_flip)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
     src_ok = predict(model, xc, desc=None).argmax(1) == yc
     ada_ok = predict(adapt_bn(model, xc, momentum=None), xc, desc=None).argmax(1) == yc
-    assert row.loc["adabn", "gained"] == int((ada_ok & ~src_ok).sum())
-    assert row.loc["adabn", "lost"] == int((src_ok & ~ada_ok).sum())
+    assert abs(row.loc["adabn", "gained"] - int((ada_ok & ~src_ok).sum())) <= 1  # one flip, as above
+    assert abs(row.loc["adabn", "lost"] - int((src_ok & ~ada_ok).sum())) <= 1
     assert 0 < row.loc["adabn", "p_value"] <= 1 and pd.isna(row.loc["source", "p_value"])
     gains = adabn_gains(grid[grid.corruption != "clean"])
     assert list(gains.index) == ["box_blur", "gaussian_noise"]
@@ -348,9 +351,11 @@ def test_label_shift_m_relative_to_depth_and_rejects_empty_class_subset():
     r = table[(table.exclude == "last") & (table.m == 0) & (table.k == 3)].iloc[0]
     keep = y < 3
     direct = predict(adapt_bn(model, x[keep], augment="auto"), x[keep], desc=None).argmax(1)
-    assert r["accuracy"] == pytest.approx((direct == y[keep]).float().mean().item())
+    # another code path than the study's: at most one image of n may flip (float rounding across CPUs)
+    assert r["accuracy"] == pytest.approx((direct == y[keep]).float().mean().item(), abs=1 / int(keep.sum()) + 1e-9)
     src = predict(model, x[keep], desc=None).argmax(1) == y[keep]
-    assert r["gained"] == int(((direct == y[keep]) & ~src).sum()) and r["lost"] == int((src & (direct != y[keep])).sum())
+    assert abs(r["gained"] - int(((direct == y[keep]) & ~src).sum())) <= 1  # one flip, as above
+    assert abs(r["lost"] - int((src & (direct != y[keep])).sum())) <= 1
     assert len(label_shift_verdicts(table)) == 2
     # explicit m values that would adapt nothing are refused, not silently capped
     with pytest.raises(ValueError, match="adapts no BN layer"):
@@ -426,8 +431,9 @@ def test_ncg_under_adabn_against_direct_computation():
     src = predict(model, xc, desc=None).argmax(1).numpy()
     ada = predict(adapt_bn(model, xc), xc, desc=None).argmax(1).numpy()
     r = table.iloc[0]
-    assert r["ncg_source"] == pytest.approx((src == nn_lab).mean())
-    assert r["ncg_adapted"] == pytest.approx((ada == nn_lab).mean())
+    one_flip = 1 / len(nn_lab) + 1e-9  # another code path: at most one image may flip across CPUs
+    assert r["ncg_source"] == pytest.approx((src == nn_lab).mean(), abs=one_flip)
+    assert r["ncg_adapted"] == pytest.approx((ada == nn_lab).mean(), abs=one_flip)
     assert 0 <= r["p_value"] <= 1 and r["n"] == 30
 
 

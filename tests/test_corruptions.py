@@ -479,6 +479,7 @@ def data_root(tmp_path_factory):
     return tmp_path_factory.mktemp("data")
 
 
+@pytest.mark.slow
 def test_mnist5k_c_embedded(data_root):
     ds = load_corrupted("mnist5k-c", "fog", 5, root=data_root)
     assert ds.x.shape == (1000, 1, 28, 28)

@@ -90,6 +90,7 @@ def _same_state(a: dict, b: dict) -> bool:
 
 
 # ----------------------------------------------------------------------------- training
+@pytest.mark.slow
 def test_training_killed_part_way_resumes_to_the_uninterrupted_weights(tmp_path, one_thread):
     cfg = eval(TRAIN_CFG)
     root = tmp_path / "killed"
@@ -133,6 +134,7 @@ def test_damaged_training_state_is_recomputed_not_used(tmp_path, one_thread):
 
 
 # ----------------------------------------------------------------------------- precompute
+@pytest.mark.slow
 def test_precompute_killed_part_way_resumes_reuses_and_matches(tmp_path, one_thread):
     """Kill 00_precompute's computation (ncg.suite_inputs) between writing an artifact and sealing it.
 
@@ -215,6 +217,7 @@ def _assert_same_artifacts(files: dict[str, Path], full_files: dict[str, Path]) 
 
 
 # ----------------------------------------------------------------------------- executed notebooks
+@pytest.mark.slow
 def test_killed_notebook_run_leaves_the_previous_output_untouched(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -256,6 +259,7 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+@pytest.mark.slow
 def test_temporaries_of_a_killed_writer_are_swept_by_the_next_write(tmp_path):
     from probelib.store import _host, atomic_write, write_text_atomic
     target = tmp_path / "table.csv"

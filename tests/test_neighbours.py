@@ -134,13 +134,13 @@ def test_nearest_neighbours_labels_cache_and_keys(tmp_path):
     np.testing.assert_array_equal(again.indices, nn.indices)
     assert sorted(tmp_path.rglob("*.npz")) == files  # reused, not recomputed
     qx2 = qx.clone()
-    qx2[0, 0, 0, 0] += 0.5  # a changed query set must not reuse the cache
+    qx2[0, 0, 0, 0] = 1 - qx2[0, 0, 0, 0]  # a changed query set (still in [0, 1]) must not reuse the cache
     nearest_neighbours(rx, ry, qx2, k=2, store=store, progress=False)
     assert len(list(tmp_path.rglob("*.npz"))) == 2
 
     # ImageNet-style normalisation changes L2 geometry per channel
     cx, cq = torch.rand(40, 3, 4, 4, generator=g), torch.rand(5, 3, 4, 4, generator=g)
-    nrm = nearest_neighbours(cx, torch.zeros(40), cq, normalise="imagenet", store=False, progress=False)
+    nrm = nearest_neighbours(cx, torch.zeros(40, dtype=torch.long), cq, normalise="imagenet", store=False, progress=False)
     m = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     s = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     np.testing.assert_array_equal(nrm.index, _numpy_brute(((cx - m) / s).numpy(), ((cq - m) / s).numpy(), 1, "l2")[1][:, 0])

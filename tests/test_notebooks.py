@@ -94,6 +94,7 @@ def test_notebook_follows_conventions(stem):
     assert not dirty, f"commit notebooks with outputs cleared (cells {dirty} have outputs)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stem", [nb.stem for nb in NOTEBOOKS])
 def test_notebook_runs(stem, suite_run):
     """The notebook executed top to bottom with smoke=True: no error output."""
@@ -116,6 +117,7 @@ def test_every_notebook_has_expected_outputs():
     assert sorted(EXPECTED) == sorted(nb.stem for nb in NOTEBOOKS), "list each notebook's outputs in EXPECTED"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stem", [nb.stem for nb in NOTEBOOKS])
 def test_notebook_outputs(stem, suite_run):
     """The smoke run wrote the notebook's tables and figures and printed its verdicts."""

@@ -105,6 +105,7 @@ def test_unknown_names_fail_before_anything_runs(suite_dir, tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_run_selected_notebooks_writes_report(suite_dir, tmp_path, monkeypatch, capsys):
     # A decoy 'python3' kernelspec that cannot start: the runner must use this interpreter anyway.
     decoy = tmp_path / "jupyter" / "kernels" / "python3"
@@ -144,6 +145,7 @@ def test_run_selected_notebooks_writes_report(suite_dir, tmp_path, monkeypatch, 
     assert not [p for p in out.rglob("*") if "partial" in p.name or p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_failing_notebook_stops_run_and_is_kept(suite_dir, tmp_path, capsys):
     out = tmp_path / "res"
     rc = main(["run", "--notebooks", str(suite_dir), "--out", str(out), "--skip", "good"])

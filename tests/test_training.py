@@ -168,6 +168,7 @@ def _mlp_config(method, eps=None, **kw):
     return TrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_trades_and_at_are_more_robust_than_natural(tmp_path):
     """A short run on mnist5kwo9 (2 400 images, 8 epochs, an MLP on pixels so that it stays fast):
     PGD-L2 accuracy at the training eps=2 (natural ≈ 0.1, TRADES/AT ≈ 0.5 when this was written)."""

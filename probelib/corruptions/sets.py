@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from probelib._util import unknown_name
+from probelib._util import check_labels, unknown_name
 from probelib.corruptions.generator import (CORRUPTIONS, GENERATOR_VERSION, SEVERITIES, _check_corruption,
                                             _check_severity, corrupt, parameter_set, severity_parameters)
 
@@ -234,6 +234,11 @@ def _load_npy_set(folder: Path, corruption: str, severity: int):
     if labels.ndim != 1 or len(labels) not in (rows, n):
         raise CorruptedSetError(f"{labels_path} has shape {labels.shape}; expected ({rows},) or ({n},) "
                                 f"to match {path}")
+    num_classes = {"CIFAR-10-C": 10, "CIFAR-100-C": 100, "mnist5k-c": 10}.get(folder.name)
+    try:  # integers in 0..C−1 (C known for the published sets), never rounded from floats
+        check_labels(labels, num_classes, "labels", where=str(labels_path), allow_unseen=True)
+    except ValueError as err:
+        raise CorruptedSetError(f"{err}; delete it and copy or regenerate the set") from None
     block = sevs.index(severity)
     x = np.array(arr[block * n:(block + 1) * n])
     y = labels[block * n:(block + 1) * n] if len(labels) == rows else labels

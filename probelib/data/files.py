@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision import datasets, transforms
+from torchvision import transforms
 
+from probelib._util import check_labels
 from probelib.data.core import DatasetNotFoundError, TensorSet
 
 # Where each dataset is published, and the layout probelib expects under the data root.
@@ -62,19 +63,52 @@ def _require(dataset: str, *paths: Path) -> None:
 
 
 # --------------------------------------------------------------------------- MNIST
+def read_idx(path: Path, ndim: int, dataset: str = "mnist") -> np.ndarray:
+    """One uncompressed idx file of unsigned bytes (magic 0x0000 08 ``ndim``) as a uint8 array.
+
+    The header's type, rank and sizes are checked against the file's length, so a truncated,
+    gzipped or wrong file is named instead of misread.
+    """
+    data = path.read_bytes()
+    if len(data) < 4 + 4 * ndim or data[:3] != b"\x00\x00\x08" or data[3] != ndim:
+        head = data[:4].hex() if data[:2] != b"\x1f\x8b" else "gzip data (gunzip it first)"
+        raise missing(dataset, path, f"not an idx file of {ndim}-D unsigned bytes (header {head}, expected "
+                                     f"0000080{ndim})")
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    body = data[4 + 4 * ndim:]
+    if len(body) != int(np.prod(shape)):
+        raise missing(dataset, path, f"idx header says {shape} = {int(np.prod(shape))} bytes but the file holds "
+                                     f"{len(body)}: truncated or damaged; copy it again")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
 def mnist(root: Path):
-    """MNIST through torchvision's reader of the raw idx files (no download)."""
+    """MNIST from the raw idx files under ``MNIST/raw`` (the layout data/README.md describes).
+
+    The idx files are read directly: torchvision's cached ``MNIST/processed/*.pt`` (which may
+    be stale) are never consulted. Labels must lie in 0..9, one per image.
+    """
     raw = root / "MNIST" / "raw"
     _require("mnist", *(raw / f for f in _MNIST_FILES))
     sets = []
-    for train in (True, False):
-        try:
-            ds = datasets.MNIST(str(root), train=train, download=False)
-        except (RuntimeError, ValueError, AssertionError) as err:
-            raise missing("mnist", raw, f"unreadable idx file: {err}") from err
-        x = ds.data.unsqueeze(1).float().div_(255.0)
-        sets.append(TensorSet(x, ds.targets.long()))
+    for prefix in ("train", "t10k"):
+        images_path, labels_path = raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
+        images, labels = read_idx(images_path, 3), read_idx(labels_path, 1)
+        if images.shape[1:] != (28, 28):
+            raise missing("mnist", images_path, f"images must be 28×28, got {images.shape[1:]}")
+        y = _checked_labels(labels, 10, len(images), labels_path, "mnist")
+        x = torch.from_numpy(images.copy()).unsqueeze(1).float().div_(255.0)
+        sets.append(TensorSet(x, y))
     return sets[0], sets[1], [str(d) for d in range(10)], (1, 28, 28)
+
+
+def _checked_labels(labels, num_classes: int, n: int, path: Path, dataset: str) -> torch.Tensor:
+    """Labels read from ``path`` as a long tensor after checking them (integers in 0..C−1, one per image)."""
+    try:
+        return torch.from_numpy(check_labels(np.asarray(labels), num_classes, "labels", n=n, where=str(path)))
+    except ValueError as err:
+        raise ValueError(f"dataset {dataset!r}: {err}. The file is damaged or not the published one: copy it "
+                         f"again from {LAYOUTS[dataset][1]}") from None
 
 
 # --------------------------------------------------------------------------- CIFAR
@@ -122,7 +156,8 @@ def cifar10(root: Path):
         for n in group:
             b = read_cifar_batch(folder / n)
             xs.append(_cifar_images(b, folder / n, "cifar10"))
-            ys.append(torch.as_tensor(np.asarray(b["labels"]), dtype=torch.long))
+            xs_n = len(xs[-1])
+            ys.append(_checked_labels(b.get("labels"), 10, xs_n, folder / n, "cifar10"))
         sets.append(TensorSet(torch.cat(xs), torch.cat(ys)))
     meta = read_cifar_batch(folder / "batches.meta")
     return sets[0], sets[1], [str(n) for n in meta["label_names"]], (3, 32, 32)
@@ -137,8 +172,8 @@ def cifar100(root: Path, coarse: bool):
     sets = []
     for split in ("train", "test"):
         b = read_cifar_batch(folder / split, name)
-        sets.append(TensorSet(_cifar_images(b, folder / split, name),
-                              torch.as_tensor(np.asarray(b[key]), dtype=torch.long)))
+        x = _cifar_images(b, folder / split, name)
+        sets.append(TensorSet(x, _checked_labels(b.get(key), 20 if coarse else 100, len(x), folder / split, name)))
     meta = read_cifar_batch(folder / "meta", name)
     names = meta["coarse_label_names" if coarse else "fine_label_names"]
     return sets[0], sets[1], [str(n) for n in names], (3, 32, 32)

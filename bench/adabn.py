@@ -11,15 +11,16 @@ loader), converts one image at a time (``ToTensor``; the training augmentation p
 statistics loader), deep-copies the model for the adapted arms (``update_bn_stats``), runs the
 statistics pass under ``torch.no_grad()`` and the scoring pass as ``get_acc_conf_ce`` does —
 *without* ``torch.no_grad()`` — through DataLoaders of batch 128, with the model in PyTorch's
-default (contiguous) layout, as a model built or loaded from a checkpoint has it. One deviation:
-the authors' loaders shuffle; here both paths go in data order, since with the exponential
-average the statistics depend on which images share a batch, and the numbers must agree. The
-same loop with ``torch.no_grad()`` scoring is timed too and printed for comparison.
+default (contiguous) layout, as a model built or loaded from a checkpoint has it. The statistics
+loader shuffles, as the authors' does, with a seeded generator (``DataLoader(shuffle=True,
+generator=torch.Generator().manual_seed(seed))``), which is the order probelib's statistics pass
+uses, so the numbers must agree. The same loop with ``torch.no_grad()`` scoring is timed too and
+printed for comparison.
 
 probelib's ``shift_grid`` reads each setting once (memory-mapped, only its severity's rows),
 adapts one working copy in place and restores the source statistics, and scores in cache-sized
 batches with channels-last convs. Both use momentum 0.1 (the authors' exponential average, batch
-128 in data order) and the same per-image augmentation, so the numbers must agree; the script
+128 in the same seeded shuffled order) and the same per-image augmentation, so the numbers must agree; the script
 checks them and prints the times.
 
     .venv/bin/python bench/adabn.py                 # representative subset (CPU-sized)
@@ -80,8 +81,10 @@ class CorruptionDataset(Dataset):
 
 def reference_grid(source, folder, corruptions, severities, arms, momentum, batch_size, device, seed, flip,
                    grad_scoring=True):
-    def loader(dataset):
-        return DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
+    def loader(dataset, shuffle=False):
+        generator = torch.Generator().manual_seed(seed) if shuffle else None
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                          pin_memory=device.type == "cuda")
 
     source = copy.deepcopy(source).to(device, memory_format=torch.contiguous_format).eval()
     rows = []
@@ -92,8 +95,8 @@ def reference_grid(source, folder, corruptions, severities, arms, momentum, batc
                 if arm == "source":
                     model = source
                 else:  # update_bn_stats: deep copy, BN layers in train mode, one pass without gradients
-                    bn_loader = (loader(CorruptionDataset(folder, c, s, seed, flip)) if arm == "adabn+aug"
-                                 else val_loader)
+                    bn_loader = loader(CorruptionDataset(folder, c, s, seed if arm == "adabn+aug" else None, flip),
+                                       shuffle=True)
                     model = copy.deepcopy(source)
                     for _, bn in bn_layers(model):
                         bn.momentum = momentum

@@ -20,7 +20,10 @@ Two ways to estimate the statistics:
   ``layerwise=False`` one pass collects every layer's input while the BN layers normalise with
   batch statistics (train mode), as the PyTorch AdaBN pass sees them (cheaper, one pass).
 - ``momentum=<float>``: PyTorch's exponential average starting from the source statistics,
-  batch by batch in data order, as the authors' scripts ran it (they used 0.1).
+  batch by batch, as the authors' scripts ran it (they used 0.1) — in a seeded random order, as
+  their ``DataLoader(shuffle=True)`` fed it (``shuffle=True``, the default; ``shuffle=False`` keeps
+  the stored order). The last batches dominate the average, so on class-sorted data (the mnist5k
+  test split, every ImageFolder "-C" set) the stored order would be a hidden label shift.
 """
 
 from __future__ import annotations
@@ -36,13 +39,13 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from probelib.metrics import _model_device, iter_image_batches
+from probelib.metrics import _model_device, _to_float_images, iter_image_batches
 
 __all__ = ["bn_layers", "exclude_last", "exclude_first", "resolve_layers", "train_augmentation",
            "adapt_bn", "adapt_bn_", "adapted", "preserved_bn_statistics", "bn_statistics",
            "bn_statistics_shift", "ARMS", "DEFAULT_CORRUPTIONS", "momentum_label", "evaluate_arms",
            "arm_logits", "stratified_subset", "load_shifted", "corrupt_on_the_fly", "shift_grid",
-           "adabn_gains", "paired_gains", "grid_verdicts", "label_shift",
+           "adabn_gains", "paired_gains", "grid_verdicts", "PAPER_MS", "PAPER_BN_LAYERS", "paper_ms", "label_shift",
            "label_shift_verdicts", "add_border", "black_border_study", "border_verdicts",
            "bn_statistics_comparison", "ncg_under_adabn", "ncg_verdicts"]
 
@@ -104,23 +107,30 @@ def _splitmix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def _image_draws(seed: int, start: int, n: int, k: int) -> np.ndarray:
-    """n×k pseudo-random uint64 draws, a pure function of (seed, global image index, j)."""
-    idx = np.arange(start, start + n, dtype=np.uint64)[:, None] * np.uint64(k) + np.arange(k, dtype=np.uint64)
+def _image_draws(seed: int, start: int, n: int, k: int, index: np.ndarray | None = None) -> np.ndarray:
+    """n×k pseudo-random uint64 draws, a pure function of (seed, global image index, j); the
+    indices are start..start+n−1, or ``index`` when given."""
+    index = np.arange(start, start + n, dtype=np.uint64) if index is None else np.asarray(index, dtype=np.uint64)
+    idx = index[:, None] * np.uint64(k) + np.arange(k, dtype=np.uint64)
     with np.errstate(over="ignore"):
         return _splitmix64(_splitmix64(np.uint64(seed % 2**63)) + idx)
 
 
 def train_augmentation(x: torch.Tensor, seed: int = 0, start: int = 0, pad: int = 4,
-                       flip: bool = True) -> torch.Tensor:
+                       flip: bool = True, index: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
     """The training augmentation, batched: random crop of the original size after zero-padding
     ``pad`` pixels per side, then (if ``flip``) a horizontal flip with probability ½.
 
     The crop offsets and flips of image ``i`` of the batch are a pure function of ``seed`` and
-    its global index ``start + i``, so the result does not depend on how the data is batched.
+    its global index ``start + i`` (or ``index[i]``: the dataset indices of a shuffled batch), so
+    the result does not depend on how the data is batched or ordered.
     """
     n, _, h, w = x.shape
-    draws = _image_draws(seed, start, n, 3)
+    if index is not None:
+        index = index.cpu().numpy() if isinstance(index, torch.Tensor) else np.asarray(index)
+        if index.shape != (n,):
+            raise ValueError(f"index must hold one dataset index per image ({n}), got shape {index.shape}")
+    draws = _image_draws(seed, start, n, 3, index)
     oy = torch.from_numpy((draws[:, 0] % np.uint64(2 * pad + 1)).astype(np.int64)).to(x.device)
     ox = torch.from_numpy((draws[:, 1] % np.uint64(2 * pad + 1)).astype(np.int64)).to(x.device)
     padded = nn.functional.pad(x, (pad, pad, pad, pad))
@@ -144,6 +154,11 @@ class _Augmenter:
         out = train_augmentation(x, self.seed, self.seen, flip=self.flip)
         self.seen += len(x)
         return out
+
+    def at(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Augment a batch whose images are the dataset's images ``index`` (a shuffled pass): each
+        image gets the crop and flip it gets in stored order."""
+        return train_augmentation(x, self.seed, flip=self.flip, index=index)
 
 
 def _augmenter(augment, channels: int, seed: int):
@@ -263,7 +278,24 @@ def _single_batch(data, batch_size: int) -> bool:
     return isinstance(x, torch.Tensor) and len(x) <= batch_size
 
 
-def _batches(data, batch_size, device, aug):
+def _batches(data, batch_size, device, aug, shuffle_seed: int | None = None):
+    """Float image batches of ``data`` on ``device`` (augmented if ``aug``): in stored order, or
+    with ``shuffle_seed`` in the order of ``torch.randperm(N, generator=manual_seed(shuffle_seed))``
+    — the order of ``DataLoader(shuffle=True)`` with that generator. Tensors keep each image's
+    augmentation tied to its dataset index; a DataLoader keeps its own order."""
+    from torch.utils.data import DataLoader, Dataset
+    if shuffle_seed is not None and not isinstance(data, DataLoader):
+        generator = torch.Generator().manual_seed(int(shuffle_seed))
+        x_all = data if isinstance(data, torch.Tensor) else getattr(data, "x", None)
+        if isinstance(x_all, torch.Tensor):
+            order = torch.randperm(len(x_all), generator=generator)
+            for s in range(0, len(order), batch_size):
+                index = order[s:s + batch_size]
+                x = _to_float_images(x_all[index].to(device, non_blocking=True))
+                yield (aug.at(x, index) if isinstance(aug, _Augmenter) else aug(x)) if aug is not None else x
+            return
+        if isinstance(data, Dataset):
+            data = DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
     for x in iter_image_batches(data, batch_size, device):
         yield aug(x) if aug is not None else x
 
@@ -297,11 +329,12 @@ def _exact_one_pass(model: nn.Module, data, chosen: Sequence[_BatchNorm], batch_
     return torch.cat(outputs)
 
 
-def _forward_all(model: nn.Module, data, batch_size: int, device, aug) -> int:
+def _forward_all(model: nn.Module, data, batch_size: int, device, aug, shuffle_seed: int | None = None) -> int:
     """Forward every (augmented) batch of ``data`` without keeping outputs (a pre-hook may stop a
-    pass early with :class:`_StopForward`); the number of batches, at least one."""
+    pass early with :class:`_StopForward`), in a seeded random order if ``shuffle_seed`` is given;
+    the number of batches, at least one."""
     batches = 0
-    for x in _batches(data, batch_size, device, aug):
+    for x in _batches(data, batch_size, device, aug, shuffle_seed):
         batches += 1
         try:
             model(x)
@@ -316,7 +349,7 @@ def _forward_all(model: nn.Module, data, batch_size: int, device, aug) -> int:
 def adapt_bn_(model: nn.Module, data, momentum: float | None = None,
               layers: Sequence[bool] | LayerSelector | None = None, augment=None,
               batch_size: int = 256, device: str | torch.device | None = None,
-              layerwise: bool = True, seed: int = 0) -> nn.Module:
+              layerwise: bool = True, seed: int = 0, shuffle: bool = True) -> nn.Module:
     """Adapt ``model``'s BN statistics to ``data`` **in place**; return the model in eval mode.
 
     See :func:`adapt_bn` for the arguments. Prefer :func:`adapted` (restores the source
@@ -339,7 +372,7 @@ def adapt_bn_(model: nn.Module, data, momentum: float | None = None,
             m.momentum = float(momentum)
             m.train()
         try:
-            _forward_all(model, data, batch_size, device, aug)
+            _forward_all(model, data, batch_size, device, aug, seed if shuffle else None)
         finally:
             model.eval()
             for m, old in zip(chosen, momenta):
@@ -382,7 +415,7 @@ def adapt_bn_(model: nn.Module, data, momentum: float | None = None,
 def adapt_bn(model: nn.Module, data, momentum: float | None = None,
              layers: Sequence[bool] | LayerSelector | None = None, augment=None,
              batch_size: int = 256, device: str | torch.device | None = None,
-             layerwise: bool = True, seed: int = 0) -> nn.Module:
+             layerwise: bool = True, seed: int = 0, shuffle: bool = True) -> nn.Module:
     """Return a copy of ``model`` whose BatchNorm statistics are re-estimated on ``data``.
 
     Only BatchNorm layers take part (dropout and everything else stays in eval mode); no
@@ -394,7 +427,8 @@ def adapt_bn(model: nn.Module, data, momentum: float | None = None,
             (items ``(x, y)`` or ``x``) or a DataLoader (its batching and order are used).
         momentum: ``None`` = reset and take the exact population mean and unbiased variance of
             each layer's input over all the data (float64); a float = PyTorch's exponential
-            average starting from the source statistics (the authors used 0.1).
+            average starting from the source statistics (the authors used 0.1), fed in the
+            order ``shuffle`` says.
         layers: which BN layers to adapt: a bool per layer of :func:`bn_layers` or a selector
             :func:`exclude_last` / :func:`exclude_first`. Unselected layers keep the source
             statistics and normalise with them during the pass.
@@ -405,21 +439,25 @@ def adapt_bn(model: nn.Module, data, momentum: float | None = None,
         device: where to compute; ``None`` = where the model's parameters are.
         layerwise: momentum=None only: exact layer-by-layer statistics in the adapted network
             (one truncated pass per layer) if True, else one pass with batch-normalised inputs.
-        seed: seeds the augmentation's random crops and flips.
+        seed: seeds the augmentation's random crops and flips and the shuffled order.
+        shuffle: float ``momentum`` only (the exact statistics do not depend on the order): feed
+            the batches in the seeded random order ``torch.randperm(N, generator=
+            torch.Generator().manual_seed(seed))``, as the authors' shuffling loader did (True,
+            default), or in stored order (False). A DataLoader always keeps its own order.
     """
     return adapt_bn_(copy.deepcopy(model), data, momentum, layers, augment, batch_size, device,
-                     layerwise, seed)
+                     layerwise, seed, shuffle)
 
 
 @contextlib.contextmanager
 def adapted(model: nn.Module, data, momentum: float | None = None,
             layers: Sequence[bool] | LayerSelector | None = None, augment=None,
             batch_size: int = 256, device: str | torch.device | None = None,
-            layerwise: bool = True, seed: int = 0) -> Iterator[nn.Module]:
+            layerwise: bool = True, seed: int = 0, shuffle: bool = True) -> Iterator[nn.Module]:
     """Context manager: adapt ``model`` in place (as :func:`adapt_bn`), yield it, and restore the
     source statistics and train/eval flags on exit — no deep copy, the fast path for grids."""
     with preserved_bn_statistics(model):
-        yield adapt_bn_(model, data, momentum, layers, augment, batch_size, device, layerwise, seed)
+        yield adapt_bn_(model, data, momentum, layers, augment, batch_size, device, layerwise, seed, shuffle)
 
 
 # ----------------------------------------------------------------------------- read-out
@@ -474,8 +512,19 @@ DEFAULT_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus
 
 
 def momentum_label(momentum: float | None) -> str:
-    """How a table names the statistics estimate: ``"None (exact average)"`` or ``"0.1 (EMA)"``."""
-    return "None (exact average)" if momentum is None else f"{momentum:g} (EMA from source)"
+    """How a table names the statistics estimate: ``"None (exact average)"`` or
+    ``"0.1 (EMA from source, shuffled)"`` (the studies feed the EMA in a seeded shuffled order)."""
+    return "None (exact average)" if momentum is None else f"{momentum:g} (EMA from source, shuffled)"
+
+
+def _label_table(df: pd.DataFrame, momentum: float | None, calibration: str | None = None) -> pd.DataFrame:
+    """Name the statistics estimate (``momentum`` column) and, for tables with an RMS calibration
+    error, its variant (``calibration`` column) in every row."""
+    from probelib.metrics import calibration_label
+    df["momentum"] = momentum_label(momentum)
+    if calibration is not None:
+        df["calibration"] = calibration_label(calibration)
+    return df
 
 
 def _check_arms(arms: Sequence[str]) -> tuple[str, ...]:
@@ -522,7 +571,8 @@ def _eval_batch(eval_batch_size: int | None, device: torch.device) -> int:
 def evaluate_arms(work: nn.Module, x: torch.Tensor, y: torch.Tensor, arms: Sequence[str] = ARMS,
                   momentum: float | None = None, layers=None, augment="auto", batch_size: int | None = None,
                   eval_batch_size: int | None = None, layerwise: bool = True, seed: int = 0,
-                  device=None, source_correct: torch.Tensor | None = None) -> list[dict]:
+                  device=None, source_correct: torch.Tensor | None = None,
+                  calibration: str = "complete") -> list[dict]:
     """Score ``work`` on ``(x, y)`` under each arm, adapting in place and restoring the source
     statistics after each (``work`` ends as it started). One dict of metrics per arm.
 
@@ -531,6 +581,8 @@ def evaluate_arms(work: nn.Module, x: torch.Tensor, y: torch.Tensor, arms: Seque
     and McNemar's two-sided ``p_value`` (:func:`probelib.ncg.mcnemar_counts`). The source
     predictions come from the ``source`` arm when it is among ``arms``, else from
     ``source_correct`` (a bool per image) if given; without either there is no comparison.
+    ``calibration``: the RMS calibration variant (``"complete"`` or the authors' ``"burns"``,
+    :func:`probelib.metrics.rms_calibration_error`).
     """
     from probelib.metrics import classification_metrics
     from probelib.ncg import mcnemar
@@ -542,7 +594,7 @@ def evaluate_arms(work: nn.Module, x: torch.Tensor, y: torch.Tensor, arms: Seque
         logits = arm_logits(work, x, arm, momentum, layers, augment, batch_size, eval_batch_size, layerwise,
                             seed, device)
         correct[arm] = (logits.argmax(1) == y).numpy()
-        rows.append({"arm": arm, **classification_metrics(logits, y), "n": len(y)})
+        rows.append({"arm": arm, **classification_metrics(logits, y, calibration=calibration), "n": len(y)})
     reference = correct.get("source")
     if reference is None and source_correct is not None:
         reference = torch.as_tensor(source_correct).cpu().numpy()
@@ -651,7 +703,7 @@ def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT
                momentum: float | None = None, clean: tuple[torch.Tensor, torch.Tensor] | None = None,
                extra: dict | None = None, augment="auto", batch_size: int | None = None,
                eval_batch_size: int | None = None, layerwise: bool = True, seed: int = 0,
-               device=None, n_images: int | None = None) -> pd.DataFrame:
+               device=None, n_images: int | None = None, calibration: str = "complete") -> pd.DataFrame:
     """The AdaBN shift grid: corruptions × severities × arms (+ ``clean`` and ``extra`` sets).
 
     Args:
@@ -668,9 +720,11 @@ def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT
             batch when it is small (see ``_stats_batch``; the exact statistics do not depend on it).
         n_images: score (and adapt on) about this many images of every set, the same stratified
             seeded subset each time (:func:`stratified_subset`); None = all.
+        calibration: RMS calibration variant, ``"complete"`` (every bin) or ``"burns"`` (the
+            authors' ``calib_err``); named in the ``calibration`` column.
 
     Returns one row per (corruption, severity, arm): accuracy, confidence, rms_calibration,
-    ece, n, ``momentum`` naming the statistics estimate and, for the adapted arms when ``source``
+    ece, n, ``momentum`` naming the statistics estimate, ``calibration`` naming the variant and, for the adapted arms when ``source``
     is among ``arms``, ``gained`` / ``lost`` / ``p_value`` (McNemar against source, see
     :func:`evaluate_arms`).
     """
@@ -694,11 +748,9 @@ def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT
             x, y = load(name, sev)
         x = x.to(device)  # decoded once, used by every arm
         for r in evaluate_arms(work, x, torch.as_tensor(y), arms, momentum, None, augment, batch_size,
-                               eval_batch_size, layerwise, seed, device):
+                               eval_batch_size, layerwise, seed, device, calibration=calibration):
             rows.append({"corruption": name, "severity": sev, **r})
-    df = pd.DataFrame(rows)
-    df["momentum"] = momentum_label(momentum)
-    return df
+    return _label_table(pd.DataFrame(rows), momentum, calibration)
 
 
 def adabn_gains(grid: pd.DataFrame, metric: str = "accuracy", by: str = "corruption") -> pd.DataFrame:
@@ -778,18 +830,52 @@ def grid_verdicts(grid: pd.DataFrame, alpha: float = 0.05) -> list[str]:
     return lines
 
 
+#: Burns & Steinhardt's label-shift m values and the depth they were chosen for: WideResNet-40-2
+#: has 37 BN layers, so m = 16 still adapts 21 of them.
+PAPER_MS = (0, 1, 4, 16)
+PAPER_BN_LAYERS = 37
+
+
+def _paper_ms_pairs(n_bn_layers: int, ms: Sequence[int], reference: int) -> list[tuple[int, int]]:
+    if int(n_bn_layers) != n_bn_layers or n_bn_layers < 1:
+        raise ValueError(f"n_bn_layers must be an integer >= 1, got {n_bn_layers!r}")
+    pairs: list[tuple[int, int]] = []
+    for m in ms:
+        scaled = round(m * n_bn_layers / reference)
+        if m > 0 and pairs:
+            scaled = max(scaled, pairs[-1][1] + 1)
+        pairs.append((int(m), min(scaled, n_bn_layers - 1)))
+    return pairs
+
+
+def paper_ms(n_bn_layers: int, ms: Sequence[int] = PAPER_MS, reference: int = PAPER_BN_LAYERS) -> list[int]:
+    """The paper's m values (BN layers left unadapted) rescaled to a model with ``n_bn_layers``:
+    round(m · n / 37), each non-zero m at least one more than the previous, and at most n − 1 so
+    that every m leaves at least one layer adapted; duplicates dropped. ``paper_ms(37)`` gives
+    (0, 1, 4, 16); the embedded WRN-16-2 (13 BN layers) gets (0, 1, 2, 6)."""
+    return list(dict.fromkeys(m for _, m in _paper_ms_pairs(n_bn_layers, ms, reference)))
+
+
 def label_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ks: Sequence[int] = (1, 3, 6, 10),
-                ms: Sequence[int] = (0, 1, 4, 16), exclude: Sequence[str] = ("last",),
+                ms: Sequence[int] | None = None, exclude: Sequence[str] = ("last",),
                 momentum: float | None = None, arm: str = "adabn+aug", augment="auto",
                 batch_size: int | None = None, eval_batch_size: int | None = None, layerwise: bool = True,
-                seed: int = 0, device=None) -> pd.DataFrame:
+                seed: int = 0, device=None, calibration: str = "complete") -> pd.DataFrame:
     """Label shift (Burns & Steinhardt's label_shift_experiment): keep classes {0..k−1} of
     ``(x, y)``, adapt on them (arm ``adabn+aug`` by default) while leaving the last (or first)
-    ``m`` BN layers unadapted; ``m`` is capped at the number of BN layers and duplicates dropped.
+    ``m`` BN layers unadapted.
+
+    ``ms=None`` (default): the paper's m ∈ {0, 1, 4, 16} of WRN-40-2's 37 BN layers, rescaled to
+    this model's depth (:func:`paper_ms`), so every row adapts at least one layer, as every row of
+    the paper does. Explicit ``ms`` are numbers of layers; one that leaves no layer adapted is an
+    error (such a row is the source model and would make "freezing limits the damage" true by
+    construction).
 
     Returns one row per (exclude, m, k): ``accuracy`` (adapted), ``source_accuracy``, ``gain``,
     confidence and calibration of the adapted model, ``gained`` / ``lost`` / ``p_value`` (McNemar
-    against the source model on the same images, as :func:`evaluate_arms`), ``n`` and ``momentum``.
+    against the source model on the same images, as :func:`evaluate_arms`), ``n``,
+    ``n_bn_layers``, ``adapted_layers``, ``m_paper`` (the paper's m this row stands for; None
+    for explicit ``ms``), ``momentum`` and ``calibration`` (the RMS calibration variant).
     """
     from probelib.metrics import accuracy, predict
     _check_arms([arm])
@@ -803,35 +889,55 @@ def label_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ks: Sequence
     for e in exclude:
         if e not in ("last", "first"):
             raise ValueError(f"exclude must hold 'last' and/or 'first', got {e!r}")
+    n_bn = len(bn_layers(model))
+    if ms is None:
+        stands_for: dict[int, int | None] = {}
+        for m_p, m in _paper_ms_pairs(n_bn, PAPER_MS, PAPER_BN_LAYERS):
+            stands_for.setdefault(m, m_p)  # the smallest paper m a rescaled m stands for
+        chosen = list(stands_for)
+    else:
+        for m in ms:
+            if int(m) != m or m < 0:
+                raise ValueError(f"ms must hold integers >= 0 (BN layers left unadapted), got {m!r}")
+            if m >= n_bn:
+                raise ValueError(f"m={m} adapts no BN layer: the model has {n_bn}, so that row would be the "
+                                 f"source model; pass m < {n_bn}, or ms=None for the paper's (0, 1, 4, 16) "
+                                 f"of {PAPER_BN_LAYERS} layers rescaled to this depth: {paper_ms(n_bn)}")
+        chosen = sorted({int(m) for m in ms})
+        stands_for = {m: None for m in chosen}
     work, device = _working_copy(model, device)
-    n_bn = len(bn_layers(work))
-    capped = sorted({min(int(m), n_bn) for m in ms})
     source_logits = predict(work, x, _eval_batch(eval_batch_size, device), device, desc=None)
     rows = []
     from tqdm.auto import tqdm
     for e in exclude:
         selector = exclude_last if e == "last" else exclude_first
-        for m in tqdm(capped, desc=f"label shift (exclude {e})", leave=False):
+        for m in tqdm(chosen, desc=f"label shift (exclude {e})", leave=False):
             for k in ks:
                 keep = y < k
                 xk, yk = x[keep].to(device), y[keep]
                 src_correct = source_logits[keep].argmax(1) == yk
                 (r,) = evaluate_arms(work, xk, yk, [arm], momentum, selector(m), augment, batch_size,
-                                     eval_batch_size, layerwise, seed, device, source_correct=src_correct)
+                                     eval_batch_size, layerwise, seed, device, source_correct=src_correct,
+                                     calibration=calibration)
                 src = accuracy(source_logits[keep], yk)
                 rows.append({"exclude": e, "m": m, "k": int(k), "arm": arm, "accuracy": r["accuracy"],
                              "source_accuracy": src, "gain": r["accuracy"] - src,
                              "confidence": r["confidence"], "rms_calibration": r["rms_calibration"],
                              "ece": r["ece"], "gained": r["gained"], "lost": r["lost"],
-                             "p_value": r["p_value"], "n": r["n"], "n_bn_layers": n_bn})
-    df = pd.DataFrame(rows)
-    df["momentum"] = momentum_label(momentum)
-    return df
+                             "p_value": r["p_value"], "n": r["n"], "n_bn_layers": n_bn,
+                             "adapted_layers": n_bn - m, "m_paper": stands_for[m]})
+    return _label_table(pd.DataFrame(rows), momentum, calibration)
 
 
 def label_shift_verdicts(table: pd.DataFrame) -> list[str]:
-    """Verdicts: does AdaBN hurt more the fewer classes, and do frozen late layers limit the damage?"""
+    """Verdicts: does AdaBN hurt more the fewer classes, and do frozen late layers limit the damage?
+
+    Only rows that adapt at least one BN layer (``m < n_bn_layers``) count: a row that adapts
+    nothing is the source model (gain exactly 0) and would make the second verdict true whenever
+    AdaBN hurts at all."""
     lines, label = [], table["momentum"].iloc[0]
+    if "n_bn_layers" in table:
+        table = table[table["m"] < table["n_bn_layers"]]
     full = table[(table["m"] == 0) & (table["exclude"] == table["exclude"].iloc[0])].sort_values("k")
     if len(full) >= 2:
         fewest, most = full.iloc[0], full.iloc[-1]
@@ -844,10 +950,13 @@ def label_shift_verdicts(table: pd.DataFrame) -> list[str]:
     if last["m"].nunique() >= 2:
         k_min = last["k"].min()
         sub = last[last["k"] == k_min].sort_values("m")
-        ok = sub["gain"].iloc[-1] > sub["gain"].iloc[0]
+        lo, hi = sub.iloc[0], sub.iloc[-1]
+        ok = hi["gain"] > lo["gain"]
+        depth = f" of {int(hi['n_bn_layers'])}" if "n_bn_layers" in sub else ""
         lines.append(f"leaving the last BN layers unadapted limits the damage at k={k_min}: "
-                     f"{'YES' if ok else 'NO'} (gain {sub['gain'].iloc[0]:+.3f} at m={sub['m'].iloc[0]} vs "
-                     f"{sub['gain'].iloc[-1]:+.3f} at m={sub['m'].iloc[-1]})")
+                     f"{'YES' if ok else 'NO'} (gain {lo['gain']:+.3f} at m={lo['m']} vs "
+                     f"{hi['gain']:+.3f} at m={hi['m']}{depth} BN layers unadapted; rows that adapt no "
+                     f"layer excluded)")
     return lines
 
 
@@ -869,11 +978,12 @@ def black_border_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                        borders: Sequence[str] = ("none", "black", "white"), arms: Sequence[str] = ARMS,
                        momentum: float | None = None, augment="auto", batch_size: int | None = None,
                        eval_batch_size: int | None = None, layerwise: bool = True, seed: int = 0,
-                       device=None) -> pd.DataFrame:
+                       device=None, calibration: str = "complete") -> pd.DataFrame:
     """The black-border shift (zero fill) and, for dark-background data such as MNIST, a white
     border (fill 1), each under the three arms; ``none`` is the unbordered set for reference.
     In ``adabn+aug`` the statistics pass applies crop(+flip) after the border. Rows as
-    :func:`evaluate_arms` (with ``gained`` / ``lost`` / ``p_value`` against source) plus ``border``."""
+    :func:`evaluate_arms` (with ``gained`` / ``lost`` / ``p_value`` against source) plus ``border``,
+    ``momentum`` and ``calibration`` (the RMS calibration variant, ``"complete"`` or ``"burns"``)."""
     fills = {"none": None, "black": 0.0, "white": 1.0}
     for b in borders:
         if b not in fills:
@@ -884,11 +994,9 @@ def black_border_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     for b in borders:
         xb = x if fills[b] is None else add_border(x, fills[b])
         for r in evaluate_arms(work, xb.to(device), y, arms, momentum, None, augment, batch_size,
-                               eval_batch_size, layerwise, seed, device):
+                               eval_batch_size, layerwise, seed, device, calibration=calibration):
             rows.append({"border": b, **r})
-    df = pd.DataFrame(rows)
-    df["momentum"] = momentum_label(momentum)
-    return df
+    return _label_table(pd.DataFrame(rows), momentum, calibration)
 
 
 def border_verdicts(table: pd.DataFrame, arm: str = "adabn", alpha: float = 0.05) -> list[str]:

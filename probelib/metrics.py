@@ -1,9 +1,11 @@
 """Classification metrics: accuracy, confidence, calibration error, and batched prediction.
 
-The calibration error follows Burns & Steinhardt (after Hendrycks et al.): sort the examples by
-confidence, cut them into equal-mass bins of ``bin_size`` examples (the last bin takes the
-remainder), and take the root of the bin-size-weighted mean squared gap between each bin's mean
-confidence and its accuracy.
+The RMS calibration error uses Burns & Steinhardt's equal-mass bins (after Hendrycks et al.):
+sort the examples by confidence, cut them into bins of ``bin_size`` examples (the last bin takes
+the remainder), and take the root of the bin-size-weighted mean squared gap between each bin's
+mean confidence and its accuracy. Two variants (:data:`CALIBRATION_VARIANTS`): ``"complete"``
+(default) sums over every bin; ``"burns"`` is the authors' ``calib_err`` as written, whose loop
+``for i in range(len(bins) - 1)`` skips the last (most confident) bin but still divides by N.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from tqdm.auto import tqdm
 
 from probelib._util import check_finite_outputs
 
-__all__ = ["accuracy", "mean_confidence", "confidences", "rms_calibration_error",
+__all__ = ["accuracy", "mean_confidence", "confidences", "rms_calibration_error", "CALIBRATION_VARIANTS",
+           "calibration_label",
            "expected_calibration_error", "classification_metrics", "predict", "iter_image_batches"]
 
 
@@ -70,22 +73,48 @@ def _conf_correct(logits, labels) -> tuple[np.ndarray, np.ndarray]:
     return conf, correct
 
 
-def rms_calibration_error(logits, labels, bin_size: int = 100) -> float:
-    """RMS calibration error with equal-mass bins (Burns & Steinhardt's ``calib_err``, p = 2).
+#: RMS calibration variants: ``"complete"`` sums every bin (the quantity the definition names);
+#: ``"burns"`` skips the last bin but divides by N, as Burns' and Hendrycks' ``calib_err`` do.
+CALIBRATION_VARIANTS = ("complete", "burns")
+
+
+def _check_variant(variant: str) -> str:
+    if variant not in CALIBRATION_VARIANTS:
+        raise ValueError(f"calibration variant must be one of {CALIBRATION_VARIANTS} ('complete': every bin; "
+                         f"'burns': the authors' calib_err, last bin skipped), got {variant!r}")
+    return variant
+
+
+def calibration_label(variant: str = "complete") -> str:
+    """How a table names the RMS calibration variant (the value of its ``calibration`` column)."""
+    return {"complete": "complete (all bins)",
+            "burns": "burns (calib_err: last bin skipped, / N)"}[_check_variant(variant)]
+
+
+def rms_calibration_error(logits, labels, bin_size: int = 100, variant: str = "complete") -> float:
+    """RMS calibration error with equal-mass bins of ``bin_size`` examples.
 
     Examples are sorted by max-softmax confidence (stable sort) and cut into consecutive bins of
     ``bin_size`` examples; the last bin takes the remainder (so it holds ``bin_size`` to
-    ``2·bin_size − 1`` examples; fewer than ``bin_size`` examples make one bin). The result is
-    ``sqrt(Σ_b |b|/N · (mean conf_b − acc_b)²)`` over *all* bins.
+    ``2·bin_size − 1`` examples; fewer than ``bin_size`` examples make one bin).
+
+    ``variant="complete"`` (default): ``sqrt(Σ_b |b|/N · (mean conf_b − acc_b)²)`` over *all* bins.
+    ``variant="burns"``: the same sum without the last bin, still divided by N — exactly what
+    Burns & Steinhardt's (and Hendrycks et al.'s) ``calib_err`` computes (its loop runs over
+    ``range(len(bins) - 1)``); use it to compare with their numbers. It is never larger than the
+    complete sum and is 0 with fewer than ``2·bin_size`` examples (a single bin, skipped).
     """
     if int(bin_size) != bin_size or bin_size < 1:
         raise ValueError(f"bin_size must be a positive integer, got {bin_size!r}")
+    _check_variant(variant)
     conf, correct = _conf_correct(logits, labels)
     order = np.argsort(conf, kind="stable")
     conf, correct = conf[order], correct[order]
     n = len(conf)
     starts = list(range(0, max(n // bin_size, 1) * bin_size, bin_size))
     ends = starts[1:] + [n]
+    if variant == "burns":
+        starts, ends = starts[:-1], ends[:-1]
     total = 0.0
     for s, e in zip(starts, ends):
         gap = conf[s:e].mean() - correct[s:e].mean()
@@ -108,10 +137,12 @@ def expected_calibration_error(logits, labels, n_bins: int = 15) -> float:
     return float(ece)
 
 
-def classification_metrics(logits, labels, bin_size: int = 100, n_bins: int = 15) -> dict[str, float]:
-    """All four metrics at once: ``accuracy``, ``confidence``, ``rms_calibration``, ``ece``."""
+def classification_metrics(logits, labels, bin_size: int = 100, n_bins: int = 15,
+                           calibration: str = "complete") -> dict[str, float]:
+    """All four metrics at once: ``accuracy``, ``confidence``, ``rms_calibration`` (``calibration``
+    names the variant, see :func:`rms_calibration_error`), ``ece``."""
     return {"accuracy": accuracy(logits, labels), "confidence": mean_confidence(logits),
-            "rms_calibration": rms_calibration_error(logits, labels, bin_size),
+            "rms_calibration": rms_calibration_error(logits, labels, bin_size, calibration),
             "ece": expected_calibration_error(logits, labels, n_bins)}
 
 

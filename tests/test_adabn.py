@@ -88,19 +88,50 @@ def test_single_pass_pools_all_values_not_per_batch_variances():
     assert not torch.allclose(stats(torch_cma)[0][1], stats(out)[0][1], rtol=1e-3)
 
 
-def test_float_momentum_is_the_authors_exponential_average_from_source():
-    model, x = tiny_bn_cnn(), data()
-    out = adapt_bn(model, x, momentum=0.1, batch_size=8)
+def _torch_ema(model, batches, momentum=0.1):
     ref = copy.deepcopy(model)
     for _, m in bn_layers(ref):
-        m.momentum = 0.1
+        m.momentum = momentum
         m.train()
     with torch.no_grad():
-        for s in range(0, len(x), 8):
-            ref(x[s:s + 8])
+        for b in batches:
+            ref(b)
+    return ref
+
+
+def test_float_momentum_is_the_authors_exponential_average_from_source_in_shuffled_order():
+    model, x = tiny_bn_cnn(), data()
+    out = adapt_bn(model, x, momentum=0.1, batch_size=8, seed=3)
+    # the authors' DataLoader(shuffle=True): a seeded permutation, then PyTorch's running average
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(3))
+    ref = _torch_ema(model, [x[perm[s:s + 8]] for s in range(0, len(x), 8)])
     for (a, b), (c, d) in zip(stats(out), stats(ref)):
-        assert torch.equal(a, c) and torch.equal(b, d)
+        assert torch.allclose(a, c, rtol=1e-5, atol=1e-6) and torch.allclose(b, d, rtol=1e-5, atol=1e-6)
     assert all(m.momentum == 0.1 for _, m in bn_layers(model))  # source momentum attribute kept
+    stored = adapt_bn(model, x, momentum=0.1, batch_size=8, shuffle=False)  # stored order on request
+    ref = _torch_ema(model, [x[s:s + 8] for s in range(0, len(x), 8)])
+    for (a, b), (c, d) in zip(stats(stored), stats(ref)):
+        assert torch.allclose(a, c, rtol=1e-5, atol=1e-6) and torch.allclose(b, d, rtol=1e-5, atol=1e-6)
+
+
+def test_ema_statistics_do_not_depend_on_class_sorted_order():
+    # 5 classes of 80 images, class c brighter by 0.15·c, stored sorted by class (as the mnist5k test
+    # split and every ImageFolder -C set are): in stored order the running average would be
+    # dominated by the last classes, a hidden label shift
+    model = tiny_bn_cnn()
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(5).repeat_interleave(80)
+    x = (0.2 * torch.rand(400, 1, 8, 8, generator=g) + 0.15 * y.view(-1, 1, 1, 1).float()).clamp(0, 1)
+    mixed = torch.randperm(400, generator=torch.Generator().manual_seed(11))
+    exact = stats(adapt_bn(model, x, momentum=None))[0][0]
+    spread = (0.15 * 4) * model[0].weight.detach().sum((1, 2, 3)).abs()      # class-mean range per channel
+    sorted_mean = stats(adapt_bn(model, x, momentum=0.1, batch_size=8))[0][0]
+    mixed_mean = stats(adapt_bn(model, x[mixed], momentum=0.1, batch_size=8))[0][0]
+    # sampling noise only: 50 batches of 8 (0.9^50 of the source statistics left), ~19 batches weigh in
+    assert ((sorted_mean - mixed_mean).abs() < 0.12 * spread).all(), (sorted_mean - mixed_mean, spread)
+    assert ((sorted_mean - exact).abs() < 0.12 * spread).all(), (sorted_mean - exact, spread)
+    in_stored_order = stats(adapt_bn(model, x, momentum=0.1, batch_size=8, shuffle=False))[0][0]
+    assert ((in_stored_order - exact).abs() > 0.2 * spread).all()   # what the shuffle removes
 
 
 @pytest.mark.parametrize("momentum", [None, 0.3])
@@ -222,6 +253,7 @@ def test_shift_grid_matches_direct_adaptation_and_keeps_source():
                       batch_size=16, device="cpu")
     assert len(grid) == 5 * 3 and set(grid["arm"]) == {"source", "adabn", "adabn+aug"}
     assert (grid["momentum"] == "None (exact average)").all()
+    assert (grid["calibration"] == "complete (all bins)").all()
     xc, yc = load("box_blur", 3)
     row = grid[(grid.corruption == "box_blur") & (grid.severity == 3)].set_index("arm")
     direct_src = classification_metrics(predict(model, xc, desc=None), yc)
@@ -246,6 +278,22 @@ def test_shift_grid_matches_direct_adaptation_and_keeps_source():
         shift_grid(model, load, ["box_blur"], [1], arms=["sauce"])
     with pytest.raises(ValueError, match="severities"):
         shift_grid(model, load, ["box_blur"], [7])
+
+
+def test_study_tables_name_the_calibration_variant():
+    from probelib.adabn import evaluate_arms
+    from probelib.metrics import rms_calibration_error
+    model, x = tiny_bn_cnn(), data(n=250)
+    y = torch.arange(250) % 5
+    rows = evaluate_arms(model, x, y, ["source", "adabn"], calibration="burns", device="cpu")
+    logits = predict(model, x, desc=None)
+    assert rows[0]["rms_calibration"] == pytest.approx(rms_calibration_error(logits, y, variant="burns"), rel=1e-9)
+    assert rows[0]["rms_calibration"] < rms_calibration_error(logits, y)
+    table = black_border_study(model, x[:40], y[:40], borders=("black",), arms=("source",), calibration="burns",
+                               device="cpu")
+    assert (table["calibration"] == "burns (calib_err: last bin skipped, / N)").all()
+    with pytest.raises(ValueError, match="calibration variant"):
+        black_border_study(model, x[:40], y[:40], borders=("black",), arms=("source",), calibration="ece")
 
 
 def _grid_row(corruption, severity, arm, accuracy, gained=None, lost=None, n=200):
@@ -287,11 +335,15 @@ def test_verdicts_need_significance():
     assert ": NOT SIGNIFICANT (" in border_verdicts(border)[1]
 
 
-def test_label_shift_caps_m_and_rejects_empty_class_subset():
+def test_label_shift_m_relative_to_depth_and_rejects_empty_class_subset():
     model, x = tiny_bn_cnn(), data(n=40)
     y = torch.arange(40) % 5
-    table = label_shift(model, x, y, ks=(1, 3, 5), ms=(0, 1, 4, 16), exclude=("last", "first"), device="cpu")
-    assert sorted(table["m"].unique()) == [0, 1, 3]          # 3 BN layers: 4 and 16 capped to 3
+    # default ms: the paper's m in {0, 1, 4, 16} of WRN-40-2's 37 BN layers, scaled to this depth
+    table = label_shift(model, x, y, ks=(1, 3, 5), exclude=("last", "first"), device="cpu")
+    assert sorted(table["m"].unique()) == [0, 1, 2]          # 3 BN layers: every row adapts >= 1 layer
+    assert (table["adapted_layers"] == 3 - table["m"]).all() and (table["adapted_layers"] >= 1).all()
+    assert set(table["m_paper"]) == {0, 1, 4} and (table["n_bn_layers"] == 3).all()  # 4 and 16 -> 2
+    assert (table["calibration"] == "complete (all bins)").all()
     assert len(table) == 2 * 3 * 3
     r = table[(table.exclude == "last") & (table.m == 0) & (table.k == 3)].iloc[0]
     keep = y < 3
@@ -299,11 +351,50 @@ def test_label_shift_caps_m_and_rejects_empty_class_subset():
     assert r["accuracy"] == pytest.approx((direct == y[keep]).float().mean().item())
     src = predict(model, x[keep], desc=None).argmax(1) == y[keep]
     assert r["gained"] == int(((direct == y[keep]) & ~src).sum()) and r["lost"] == int((src & (direct != y[keep])).sum())
-    full = table[(table.m == 3)]                               # nothing adapted: no change
-    assert (full["gain"].abs() < 1e-12).all()
     assert len(label_shift_verdicts(table)) == 2
+    # explicit m values that would adapt nothing are refused, not silently capped
+    with pytest.raises(ValueError, match="adapts no BN layer"):
+        label_shift(model, x, y, ks=(1, 5), ms=(0, 16), device="cpu")
     with pytest.raises(ValueError, match="leaves no images"):
         label_shift(model, x, y + 2, ks=(1, 2))
+
+
+def test_paper_ms_scale_with_depth():
+    from probelib.adabn import paper_ms
+    assert paper_ms(37) == [0, 1, 4, 16]                     # WRN-40-2: the paper's values
+    assert paper_ms(13) == [0, 1, 2, 6]                      # the embedded WRN-16-2
+    assert paper_ms(3) == [0, 1, 2] and paper_ms(1) == [0]
+    for n in range(1, 60):
+        ms = paper_ms(n)
+        assert ms[0] == 0 and max(ms) <= n - 1 and ms == sorted(set(ms))
+
+
+def _label_shift_row(m, k, gain, n_bn=3, exclude="last"):
+    return {"exclude": exclude, "m": m, "k": k, "gain": gain, "p_value": 0.01, "n_bn_layers": n_bn,
+            "momentum": "None (exact average)"}
+
+
+def test_label_shift_verdict_can_be_no_on_a_shallow_model():
+    # AdaBN hurts at k=1; leaving the last layer unadapted hurts *more*; a row with m equal to the
+    # depth adapts nothing (gain exactly 0) and must not count as "limits the damage"
+    rows = [_label_shift_row(0, 1, -0.20), _label_shift_row(0, 10, -0.01),
+            _label_shift_row(1, 1, -0.30), _label_shift_row(1, 10, -0.02),
+            _label_shift_row(3, 1, 0.0), _label_shift_row(3, 10, 0.0)]
+    fewer, damage = label_shift_verdicts(pd.DataFrame(rows))
+    assert ": YES (" in fewer
+    assert ": NO (" in damage and "m=1" in damage and "m=3" not in damage
+
+
+def test_label_shift_verdict_on_a_real_shallow_model_compares_adapted_rows_only():
+    model, x = tiny_bn_cnn(seed=3), data(n=60, seed=4)
+    y = torch.arange(60) % 5
+    table = label_shift(model, x, y, ks=(1, 5), exclude=("last",), device="cpu")
+    assert (table["adapted_layers"] >= 1).all()
+    damage = label_shift_verdicts(table)[1]
+    sub = table[table.k == 1].sort_values("m")
+    deepest = sub.iloc[-1]
+    assert f"m={deepest['m']}" in damage and deepest["m"] < 3
+    assert (": YES (" in damage) == bool(deepest["gain"] > sub.iloc[0]["gain"])
 
 
 def test_borders_and_study():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -48,6 +49,46 @@ def _linear_problem(n_keep: int = 16):
     keep = ((dist > 0.3) & (dist < 3) & (foot >= 0).all(1) & (foot <= 1).all(1)).nonzero()[:, 0][:n_keep]
     assert len(keep) == n_keep
     return model, x[keep], y[keep], dist[keep]
+
+
+def _linear_problem_at(shape: tuple[int, ...], n_keep: int = 12, lo: float = 0.05, hi: float = 3.0,
+                       seed: int = 0):
+    """A 10-class linear model on inputs of ``shape`` and points whose boundary distances spread
+    log-uniformly over [lo, hi] (as in :func:`_linear_problem`: the analytic distance is
+    min_j (z_y − z_j)/‖w_y − w_j‖, valid because its foot point stays inside [0, 1], checked).
+
+    Each point starts at mid-grey ± 0.25 and is moved (five times) along the normal of its nearest
+    boundary towards a target distance; the distances are then recomputed from scratch."""
+    torch.manual_seed(seed)
+    d = int(np.prod(shape))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(d, 10))
+    gen = torch.Generator().manual_seed(seed + 1)
+
+    def analytic(x):
+        with torch.no_grad():
+            z = model(x)
+            y = z.argmax(1)
+            w = model[1].weight
+            margin = z.gather(1, y[:, None]) - z
+            ratio = (margin / (w[y][:, None, :] - w[None]).norm(dim=2)).masked_fill(
+                F.one_hot(y, 10).bool(), float("inf"))
+            dist, j = ratio.min(1)
+            unit = (w[j] - w[y]) / (w[j] - w[y]).norm(dim=1, keepdim=True)
+        return y, dist, unit
+
+    x = 0.25 + 0.5 * torch.rand(400, *shape, generator=gen)
+    target = torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(400, generator=gen))
+    for _ in range(5):  # moving away from one boundary can bring another one closer: repeat
+        _, dist, unit = analytic(x)
+        x = (x.flatten(1) + (dist - target)[:, None] * unit).view_as(x)
+    y, dist, unit = analytic(x)
+    foot = x.flatten(1) + dist[:, None] * unit
+    ok = ((dist >= lo) & (dist <= hi) & (foot >= 0).all(1) & (foot <= 1).all(1)
+          & (x.flatten(1) >= 0).all(1) & (x.flatten(1) <= 1).all(1)).nonzero()[:, 0]
+    ok = ok[dist[ok].argsort()]
+    keep = ok[torch.linspace(0, len(ok) - 1, n_keep).round().long()]  # spread over the range
+    assert len(ok) >= n_keep and dist[keep].min() < 2 * lo and dist[keep].max() > hi / 2, (len(ok), dist[ok])
+    return model, x[keep].clone(), y[keep], dist[keep]
 
 
 class TinyCNN(nn.Module):
@@ -104,6 +145,34 @@ def test_cw_l2_default_matches_analytic_distance_of_linear_model():
         assert (model(res.x_adv).argmax(1) != y).all()
     assert torch.allclose(res.norms, (res.x_adv - x).flatten(1).norm(dim=1))
     assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+
+
+LINEAR_SCALES = [((1, 8, 8), 1.5), ((1, 28, 28), 3.0), ((3, 32, 32), 3.0)]  # (shape, largest distance)
+
+
+@pytest.mark.parametrize("shape,hi", LINEAR_SCALES, ids=["8x8", "28x28", "3x32x32"])
+def test_cw_l2_defaults_find_analytic_distance_from_8x8_to_cifar_scale(shape, hi):
+    # distances 0.05..hi: below lr·sqrt(pixels)/2 Adam's first step alone overshoots (issue 16)
+    model, x, y, dist = _linear_problem_at(shape, hi=hi)
+    res = cw_l2(model, x, y, progress=False)
+    assert res.success.all()
+    rel = (res.norms / dist - 1).abs()
+    assert rel.max() < 0.01, (rel, dist)
+    assert (res.norms >= dist * (1 - 1e-4)).all()     # never inside the boundary
+    with torch.no_grad():
+        assert (model(res.x_adv).argmax(1) != y).all()
+    assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+
+
+def test_cw_l2_exact_foolbox_keeps_foolbox_mechanics():
+    model, x, y, dist = _linear_problem_at((3, 32, 32), n_keep=4, hi=0.2)
+    exact = cw_l2(model, x, y, progress=False, exact_foolbox=True)
+    default = cw_l2(model, x, y, progress=False)
+    assert exact.success.all() and (default.norms <= exact.norms * (1 + 1e-6)).all()
+    assert (exact.norms / dist - 1).max() > 0.05      # foolbox's step-size floor at small distances
+    assert torch.equal(exact.norms, cw_l2(model, x, y, progress=False, boundary_steps=0).norms)
+    with pytest.raises(ValueError, match="exact_foolbox"):
+        cw_l2(model, x, y, progress=False, exact_foolbox=True, boundary_steps=2)
 
 
 @pytest.mark.parametrize("attack", [fmn_l2])

@@ -88,3 +88,35 @@ def test_predict_matches_direct_forward_and_restores_flags():
     u8 = (x * 255).round().to(torch.uint8)
     assert torch.allclose(predict(model, u8, desc=None), predict(model, u8.float() / 255, desc=None))
     assert confidences(logits).shape == (11,)
+
+
+def _hendrycks_calib_err(confidence, correct, beta=100):
+    """Burns & Steinhardt's (= Hendrycks et al.'s) ``calib_err`` with p='2', transcribed."""
+    idxs = np.argsort(confidence)
+    confidence, correct = confidence[idxs], correct[idxs]
+    bins = [[i * beta, (i + 1) * beta] for i in range(len(confidence) // beta)]
+    bins[-1] = [bins[-1][0], len(confidence)]
+    cerr, total = 0.0, len(confidence)
+    for i in range(len(bins) - 1):  # the last bin is never visited
+        bc, bk = confidence[bins[i][0]:bins[i][1]], correct[bins[i][0]:bins[i][1]]
+        if len(bc) > 0:
+            cerr += len(bc) / total * np.square(np.abs(np.nanmean(bc) - np.nanmean(bk)))
+    return np.sqrt(cerr)
+
+
+@pytest.mark.parametrize("n", [257, 560, 1000])
+def test_rms_calibration_burns_variant_is_the_authors_calib_err(n):
+    rng = np.random.default_rng(n)
+    conf = rng.uniform(0.51, 0.99, n)
+    pred = rng.integers(0, 2, n)
+    labels = np.where(rng.uniform(size=n) < conf - 0.1, pred, 1 - pred)
+    logits = two_class_logits(conf, pred)
+    burns = rms_calibration_error(logits, labels, variant="burns")
+    assert burns == pytest.approx(_hendrycks_calib_err(conf, (pred == labels).astype(float)), rel=1e-9)
+    complete = rms_calibration_error(logits, labels)
+    assert complete == pytest.approx(rms_calibration_error(logits, labels, variant="complete"), rel=1e-12)
+    assert burns < complete                           # the skipped last bin only ever removes a term
+    m = classification_metrics(logits, labels, calibration="burns")
+    assert m["rms_calibration"] == pytest.approx(burns, rel=1e-12)
+    with pytest.raises(ValueError, match="variant"):
+        rms_calibration_error(logits, labels, variant="hendrycks2")

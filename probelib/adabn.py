@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+from pathlib import Path
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -49,7 +50,7 @@ __all__ = ["bn_layers", "exclude_last", "exclude_first", "resolve_layers", "trai
            "adabn_gains", "paired_gains", "grid_verdicts", "PAPER_MS", "PAPER_BN_LAYERS", "paper_ms", "label_shift",
            "label_shift_verdicts", "add_border", "black_border_study", "border_verdicts",
            "bn_statistics_comparison", "ncg_under_adabn", "ncg_verdicts", "TENT_REFERENCE", "tent_table",
-           "TentVerdict", "tent_verdict", "tent_verdicts"]
+           "TentVerdict", "tent_verdict", "tent_verdicts", "study_model"]
 
 LayerSelector = Callable[[int], Sequence[bool]]
 
@@ -1303,3 +1304,33 @@ def tent_verdicts(table: pd.DataFrame, alpha: float = 0.05) -> list[TentVerdict]
     if "border" in table and "k" not in table:
         return [tent_verdict(table, alpha, b) for b in ("black", "white") if b in set(table["border"])]
     return [tent_verdict(table, alpha)]
+
+
+def study_model(dataset: str, smoke: bool = False, device=None, model_source: str | None = None,
+                checkpoint: str | os.PathLike | None = None, model_dir: str | os.PathLike = "models",
+                threat_model: str = "corruptions", **pretrained_kwargs) -> tuple[nn.Module, str]:
+    """The source model of notebooks 30–32 and its name.
+
+    ``model_source=None``: the BN WideResNet probelib trains (or loads from the store) for
+    ``dataset`` with Burns & Steinhardt's recipe (``default_config(dataset, paper="adabn")``; with
+    ``smoke`` the shared 1-epoch model on 300 images). Otherwise a checkpoint the user already has,
+    through :func:`probelib.models.load_pretrained` (``model_source`` one of ``torchvision``,
+    ``robustbench``, ``state_dict``; ``checkpoint`` its file or zoo name), e.g. RobustBench's
+    ``Standard`` WRN-28-10 from ``<model_dir>/cifar10/corruptions/Standard.pt`` for TENT's table.
+    """
+    if model_source is None:
+        from probelib.training import default_config, train_or_load
+        cfg = default_config(dataset, paper="adabn")
+        if smoke:  # a tiny model (shared with the other smoke notebooks: same config, same store entry)
+            cfg = cfg.replace(epochs=1, max_train=300, max_test=100)
+        model, _ = train_or_load(cfg, device=device)
+        return model, cfg.name
+    if checkpoint is None:
+        raise ValueError(f"model_source={model_source!r} needs checkpoint= (a file, or a RobustBench zoo name such "
+                         "as 'Standard')")
+    from probelib.models import load_pretrained
+    if model_source == "robustbench":
+        pretrained_kwargs = {"model_dir": model_dir, "threat_model": threat_model, **pretrained_kwargs}
+    model = load_pretrained(model_source, checkpoint, device=device, **pretrained_kwargs)
+    info = getattr(model, "pretrained_source", {})
+    return model, f"{model_source}:{info.get('name', Path(str(checkpoint)).stem)} ({info.get('arch', '?')})"

@@ -31,9 +31,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-from pathlib import Path
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -43,9 +43,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from probelib.metrics import _model_device, _to_float_images, iter_image_batches
 
+if TYPE_CHECKING:  # probelib.tent imports this module
+    from probelib.tent import TentSettings
+
 __all__ = ["bn_layers", "exclude_last", "exclude_first", "resolve_layers", "train_augmentation",
            "adapt_bn", "adapt_bn_", "adapted", "preserved_bn_statistics", "bn_statistics",
-           "bn_statistics_shift", "ARMS", "ALL_ARMS", "STUDY_ARMS", "DEFAULT_CORRUPTIONS", "momentum_label", "evaluate_arms",
+           "bn_statistics_shift", "ARMS", "ALL_ARMS", "STUDY_ARMS", "DEFAULT_CORRUPTIONS", "momentum_label",
+           "evaluate_arms",
            "arm_logits", "stratified_subset", "load_shifted", "corrupt_on_the_fly", "shift_grid",
            "adabn_gains", "paired_gains", "grid_verdicts", "PAPER_MS", "PAPER_BN_LAYERS", "paper_ms", "label_shift",
            "label_shift_verdicts", "add_border", "black_border_study", "border_verdicts",
@@ -591,7 +595,7 @@ def evaluate_arms(work: nn.Module, x: torch.Tensor, y: torch.Tensor, arms: Seque
                   momentum: float | None = None, layers=None, augment="auto", batch_size: int | None = None,
                   eval_batch_size: int | None = None, layerwise: bool = True, seed: int = 0,
                   device=None, source_correct: torch.Tensor | None = None,
-                  calibration: str = "complete", tent=None) -> list[dict]:
+                  calibration: str = "complete", tent: TentSettings | None = None) -> list[dict]:
     """Score ``work`` on ``(x, y)`` under each arm, adapting in place and restoring the source
     statistics after each (``work`` ends as it started). One dict of metrics per arm.
 
@@ -651,7 +655,8 @@ _TENT_ARMS = ("norm", "tent")
 
 def arm_logits(work: nn.Module, x: torch.Tensor, arm: str = "adabn", momentum: float | None = None,
                layers=None, augment="auto", batch_size: int | None = None, eval_batch_size: int | None = None,
-               layerwise: bool = True, seed: int = 0, device=None, tent=None) -> torch.Tensor:
+               layerwise: bool = True, seed: int = 0, device=None,
+               tent: TentSettings | None = None) -> torch.Tensor:
     """Logits (float32, CPU) of ``work`` on ``x`` under one arm (``source``, ``adabn``: statistics
     from ``x``; ``adabn+aug``: statistics from augmented ``x``), transductively; ``work`` is
     adapted in place and restored. For ``adabn`` with the exact statistics of a set that fits in
@@ -753,7 +758,7 @@ def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT
                extra: dict | None = None, augment="auto", batch_size: int | None = None,
                eval_batch_size: int | None = None, layerwise: bool = True, seed: int = 0,
                device=None, n_images: int | None = None, calibration: str = "complete",
-               tent=None) -> pd.DataFrame:
+               tent: TentSettings | None = None) -> pd.DataFrame:
     """The AdaBN shift grid: corruptions × severities × arms (+ ``clean`` and ``extra`` sets).
 
     Args:
@@ -917,7 +922,7 @@ def label_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ks: Sequence
                 momentum: float | None = None, arm: str = "adabn+aug", augment="auto",
                 batch_size: int | None = None, eval_batch_size: int | None = None, layerwise: bool = True,
                 seed: int = 0, device=None, calibration: str = "complete", arms: Sequence[str] | None = None,
-                tent=None) -> pd.DataFrame:
+                tent: TentSettings | None = None) -> pd.DataFrame:
     """Label shift (Burns & Steinhardt's label_shift_experiment): keep classes {0..k−1} of
     ``(x, y)``, adapt on them (arm ``adabn+aug`` by default) while leaving the last (or first)
     ``m`` BN layers unadapted.
@@ -1053,7 +1058,8 @@ def black_border_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                        borders: Sequence[str] = ("none", "black", "white"), arms: Sequence[str] = ARMS,
                        momentum: float | None = None, augment="auto", batch_size: int | None = None,
                        eval_batch_size: int | None = None, layerwise: bool = True, seed: int = 0,
-                       device=None, calibration: str = "complete", tent=None) -> pd.DataFrame:
+                       device=None, calibration: str = "complete",
+                       tent: TentSettings | None = None) -> pd.DataFrame:
     """The black-border shift (zero fill) and, for dark-background data such as MNIST, a white
     border (fill 1), each under ``arms`` (default the three AdaBN arms; ``norm`` and ``tent``
     opt-in, with ``tent`` their :class:`probelib.tent.TentSettings`, each border a fresh episode
@@ -1204,7 +1210,8 @@ def tent_table(grid: pd.DataFrame, severity: int = 5, arms: Sequence[str] | None
     rows = []
     for a in arms:
         r = sub[sub["arm"] == a]
-        rows.append({"arm": a, "error": 100 * float((1 - r["accuracy"]).mean()), "corruptions": r["corruption"].nunique(),
+        rows.append({"arm": a, "error": 100 * float((1 - r["accuracy"]).mean()),
+                     "corruptions": r["corruption"].nunique(),
                      "images": int(r["n"].min()) if r["n"].nunique() == 1 else f"{r['n'].min()}-{r['n'].max()}",
                      "reference_error": TENT_REFERENCE.get(a, float("nan"))})
     return pd.DataFrame(rows).set_index("arm")

@@ -663,13 +663,14 @@ def arm_logits(work: nn.Module, x: torch.Tensor, arm: str = "adabn", momentum: f
     one batch, the single statistics pass already is the adapted model's forward on ``x``.
     ``norm`` / ``tent``: TENT's arms on a copy, starting from ``work``'s weights
     (:func:`probelib.tent.tent_arm_logits`; ``tent`` is their :class:`~probelib.tent.TentSettings`,
-    None = TENT's CIFAR defaults; ``momentum``, ``augment`` and ``batch_size`` do not apply)."""
+    None = TENT's CIFAR defaults, images fed in the order ``seed`` shuffles them to unless
+    ``tent.shuffle`` is False; ``momentum``, ``augment`` and ``batch_size`` do not apply)."""
     from probelib.metrics import check_finite_outputs, predict
     (arm,) = _check_arms([arm], work)
     device = _model_device(work) if device is None else torch.device(device)
     if arm in _TENT_ARMS:
         from probelib.tent import tent_arm_logits
-        return tent_arm_logits(work, x, arm, tent, device, layers=layers)
+        return tent_arm_logits(work, x, arm, tent, device, layers=layers, seed=seed)
     eval_batch_size = _eval_batch(eval_batch_size, device)
     batch_size = _stats_batch(batch_size, momentum, x)
     if arm == "source":

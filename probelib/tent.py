@@ -45,6 +45,11 @@ class TentSettings:
     ``batch_size``: test batch (both arms; the statistics are per batch). ``lr``, ``steps``,
     ``optimizer`` (``adam`` with ``betas``, or ``sgd`` with ``momentum``), ``weight_decay``: the
     ``tent`` update. ``reset_each_batch``: restore the source weights after every batch.
+    ``shuffle`` (:func:`tent_arm_logits`, hence the studies): feed the images in a seeded random
+    order and return the logits in the original order. Both arms depend on which images share a
+    batch, and a class-sorted set (the mnist5k test split, every ImageFolder "-C" set) would make
+    each batch a hidden label shift; CIFAR-10-C's stored order is already class-mixed, so TENT ran
+    it as stored (``shuffle=False`` reproduces that exactly).
     """
 
     batch_size: int = 128
@@ -55,6 +60,7 @@ class TentSettings:
     momentum: float = 0.9
     weight_decay: float = 0.0
     reset_each_batch: bool = False
+    shuffle: bool = True
 
     def __post_init__(self):
         if int(self.batch_size) != self.batch_size or self.batch_size < 1:
@@ -71,7 +77,8 @@ class TentSettings:
         """How a table names these settings, e.g. ``"adam lr 0.001, 1 step per batch of 128, episodic per setting"``."""
         opt = f"{self.optimizer} lr {self.lr:g}" + (f" wd {self.weight_decay:g}" if self.weight_decay else "")
         reset = "reset every batch" if self.reset_each_batch else "episodic per setting"
-        return f"{opt}, {self.steps} step{'s' * (self.steps != 1)} per batch of {self.batch_size}, {reset}"
+        order = "shuffled" if self.shuffle else "stored order"
+        return f"{opt}, {self.steps} step{'s' * (self.steps != 1)} per batch of {self.batch_size}, {order}, {reset}"
 
     def replace(self, **changes) -> "TentSettings":
         """A copy with ``changes`` applied (validated)."""
@@ -180,12 +187,23 @@ def tent_logits(model: nn.Module, x, settings: TentSettings | None = None, devic
     return _cat(out)
 
 
-def tent_arm_logits(model: nn.Module, x, arm: str = "tent", settings: TentSettings | None = None, device=None,
-                    desc: str | None = None, layers: Sequence[bool] | LayerSelector | None = None) -> torch.Tensor:
-    """Logits of one arm, ``"norm"`` or ``"tent"`` (see the module docstring)."""
+def tent_arm_logits(model: nn.Module, x: torch.Tensor, arm: str = "tent", settings: TentSettings | None = None,
+                    device=None, desc: str | None = None, layers: Sequence[bool] | LayerSelector | None = None,
+                    seed: int = 0) -> torch.Tensor:
+    """Logits of one arm, ``"norm"`` or ``"tent"`` (see the module docstring), one row per image
+    of ``x`` in its order. With ``settings.shuffle`` (default) the images are fed in the order
+    ``torch.randperm(N, generator=torch.Generator().manual_seed(seed))``; else as stored."""
     check_choice("arm", arm, TENT_ARMS)
+    s = settings or TentSettings()
     fn = tent_logits if arm == "tent" else norm_logits
-    return fn(model, x, settings, device, desc, layers)
+    if not s.shuffle:
+        return fn(model, x, s, device, desc, layers)
+    x = torch.as_tensor(x)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(seed)))
+    fed = fn(model, x[order.to(x.device)], s, device, desc, layers)
+    out = torch.empty_like(fed)
+    out[order] = fed
+    return out
 
 
 def _batches(x, batch_size: int, device: torch.device, desc: str | None):

@@ -136,7 +136,7 @@ def test_shift_grid_tent_with_lr_zero_equals_norm_and_carries_mcnemar(x, one_thr
     row = grid.set_index("arm").loc["tent"]
     from probelib.adabn import adapt_bn
     from probelib.metrics import predict
-    tent_ok = (tent_logits(model, xc, s).argmax(1) == yc).numpy()
+    tent_ok = (tent_arm_logits(model, xc, "tent", s, seed=0).argmax(1) == yc).numpy()
     src_ok = (predict(model, xc, desc=None).argmax(1) == yc).numpy()
     ada_ok = (predict(adapt_bn(model, xc), xc, desc=None).argmax(1) == yc).numpy()
     assert row["accuracy"] == pytest.approx(tent_ok.mean(), abs=1e-9)
@@ -146,6 +146,7 @@ def test_shift_grid_tent_with_lr_zero_equals_norm_and_carries_mcnemar(x, one_thr
     assert (row["gained_vs_adabn"], row["lost_vs_adabn"]) == (vs_ada["c"], vs_ada["b"])
     assert row["p_vs_adabn"] == pytest.approx(vs_ada["p"])
     assert "lr 0.05" in row["tent_settings"] and "episodic" in row["tent_settings"]
+    assert "shuffled" in row["tent_settings"]
     # opt-in: the default arms are Burns & Steinhardt's three
     assert set(shift_grid(model, load, ["box_blur"], [3], device="cpu")["arm"]) == {"source", "adabn", "adabn+aug"}
 
@@ -259,3 +260,17 @@ def test_tent_table_reports_mean_error_at_a_severity():
     assert (table["corruptions"] == 2).all()
     with pytest.raises(ValueError, match="severity 5"):
         tent_table(_grid(1, 1), severity=5)
+
+
+def test_shuffled_stream_returns_logits_in_the_original_order(x, one_thread):
+    """The studies feed TENT's arms a seeded random order (a class-sorted set would otherwise make
+    every batch a label shift) and put each image's logits back in its row."""
+    model = _bn_model()
+    s = TentSettings(batch_size=16, lr=1e-2)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(7))
+    fed = tent_logits(model, x[perm], s.replace(shuffle=False))
+    got = tent_arm_logits(model, x, "tent", s, seed=7)
+    assert torch.allclose(got[perm], fed, atol=1e-6)
+    assert not torch.allclose(got, tent_logits(model, x, s), atol=1e-4)  # the order matters ...
+    assert torch.equal(tent_arm_logits(model, x, "tent", s.replace(shuffle=False)), tent_logits(model, x, s))
+    assert torch.allclose(tent_arm_logits(model, x, "norm", s, seed=7)[perm], norm_logits(model, x[perm], s), atol=1e-6)

@@ -23,6 +23,11 @@ batches with channels-last convs. Both use momentum 0.1 (the authors' exponentia
 128 in the same seeded shuffled order) and the same per-image augmentation, so the numbers must agree; the script
 checks them and prints the times.
 
+It also times TENT's arms (``norm``, ``tent``: :mod:`probelib.tent`, one Adam step lr 1e-3 per batch
+of 128, episodic per setting) beside the ``adabn`` arm on the same settings, each arm alone
+through ``shift_grid``, and prints the ``tent`` arm's cost per setting relative to ``adabn``'s
+(``--no-tent`` skips this).
+
     .venv/bin/python bench/adabn.py                 # representative subset (CPU-sized)
     .venv/bin/python bench/adabn.py --full          # all 15 corruptions × 5 severities × 3 arms
 """
@@ -51,6 +56,7 @@ from probelib.adabn import (ARMS, bn_layers, momentum_label, shift_grid, stratif
 from probelib.corruptions import corruption_names, to_uint8_images, write_corrupted  # noqa: E402
 from probelib.data import load_dataset  # noqa: E402
 from probelib.metrics import classification_metrics  # noqa: E402
+from probelib.tent import TentSettings  # noqa: E402
 
 SUBSET = ["gaussian_noise", "shot_noise", "defocus_blur", "motion_blur", "fog", "contrast", "jpeg_compression"]
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -116,6 +122,23 @@ def reference_grid(source, folder, corruptions, severities, arms, momentum, batc
     return pd.DataFrame(rows)
 
 
+def time_arms(model, folder, corruptions, severities, momentum, batch_size, device, augment) -> dict[str, float]:
+    """Seconds per setting of each arm alone through ``shift_grid``: ``adabn`` with the bench's
+    statistics (``momentum``, batch ``batch_size``), ``adabn`` with the exact statistics (the
+    notebooks' default, ``momentum=None``), ``norm`` and ``tent`` (TENT's defaults)."""
+    settings = len(corruptions) * len(severities)
+    runs = {f"adabn (momentum {momentum:g})": (["adabn"], momentum, batch_size),
+            "adabn (exact, notebooks' default)": (["adabn"], None, None),
+            "norm": (["norm"], None, None), "tent": (["tent"], None, None)}
+    out = {}
+    for name, (arms, mom, bs) in runs.items():
+        t = time.perf_counter()
+        shift_grid(model, folder, corruptions, severities, arms, momentum=mom, augment=augment, batch_size=bs,
+                   device=device, seed=0, tent=TentSettings())
+        out[name] = (time.perf_counter() - t) / settings
+    return out
+
+
 def compare(ref: pd.DataFrame, fast: pd.DataFrame) -> tuple[dict, bool]:
     keys = ["corruption", "severity", "arm"]
     both = ref.merge(fast, on=keys, suffixes=("_ref", "_fast"))
@@ -135,6 +158,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-tent", action="store_true", help="skip timing TENT's arms against the adabn arm")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = default_device(args.device)
@@ -173,6 +197,8 @@ def main() -> None:
                           augment="crop+flip" if flip else "crop", batch_size=args.batch_size, device=device,
                           seed=0)
         times["probelib shift_grid"] = time.perf_counter() - t
+        arm_times = None if args.no_tent else time_arms(model, folder, corruptions, severities, args.momentum,
+                                                         args.batch_size, device, "crop+flip" if flip else "crop")
 
     checks = {name: compare(g, fast) for name, g in grids.items()}
     settings = len(fast)
@@ -188,6 +214,15 @@ def main() -> None:
         print(f"{name:<30}{t:>10.2f}{t / settings:>12.3f}{t / times['probelib shift_grid']:>8.2f}")
     if any(not identical or max(diffs.values()) > 1e-5 for diffs, identical in checks.values()):
         raise SystemExit("the paths disagree beyond float rounding: see the differences above")
+    if arm_times is not None:
+        print(f"\nTENT's arms vs adabn, seconds per setting ({len(y)} images, each arm alone through shift_grid; "
+              f"tent: {TentSettings().label()}):")
+        for name, t in arm_times.items():
+            print(f"  {name:<36}{t:>8.3f}")
+        ema, exact = (arm_times[k] for k in list(arm_times)[:2])
+        print(f"tent arm cost per setting relative to the adabn arm: {arm_times['tent'] / ema:.2f}x "
+              f"(momentum {args.momentum:g}, batch {args.batch_size}), {arm_times['tent'] / exact:.2f}x (exact "
+              f"statistics); norm {arm_times['norm'] / ema:.2f}x / {arm_times['norm'] / exact:.2f}x")
     print(f"speed-up vs reference loop: {times['reference loop'] / times['probelib shift_grid']:.2f}")
 
 

@@ -32,6 +32,8 @@ import contextlib
 import copy
 import os
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -42,13 +44,18 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from probelib._util import check_images_or_features, check_labels, default_device
 from probelib.metrics import _model_device, _to_float_images, iter_image_batches
 
+if TYPE_CHECKING:  # probelib.tent imports this module
+    from probelib.tent import TentSettings
+
 __all__ = ["bn_layers", "exclude_last", "exclude_first", "resolve_layers", "train_augmentation",
            "adapt_bn", "adapt_bn_", "adapted", "preserved_bn_statistics", "bn_statistics",
-           "bn_statistics_shift", "ARMS", "DEFAULT_CORRUPTIONS", "momentum_label", "evaluate_arms",
+           "bn_statistics_shift", "ARMS", "ALL_ARMS", "STUDY_ARMS", "DEFAULT_CORRUPTIONS", "momentum_label",
+           "evaluate_arms",
            "arm_logits", "stratified_subset", "load_shifted", "corrupt_on_the_fly", "shift_grid",
            "adabn_gains", "paired_gains", "grid_verdicts", "PAPER_MS", "PAPER_BN_LAYERS", "paper_ms", "label_shift",
            "label_shift_verdicts", "add_border", "black_border_study", "border_verdicts",
-           "bn_statistics_comparison", "ncg_under_adabn", "ncg_verdicts"]
+           "bn_statistics_comparison", "ncg_under_adabn", "ncg_verdicts", "TENT_REFERENCE", "tent_table",
+           "TentVerdict", "tent_verdict", "tent_verdicts", "study_model"]
 
 LayerSelector = Callable[[int], Sequence[bool]]
 
@@ -65,9 +72,12 @@ def _require_bn(model: nn.Module, what: str = "AdaBN") -> None:
     """Refuse a model without BatchNorm layers: re-estimating statistics it does not have
     would silently return the source model, and a table where adabn = source."""
     if not bn_layers(model):
+        kinds = sorted({type(m).__name__ for m in model.modules()
+                        if isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d))})
         raise ValueError(f"{what} needs a model with BatchNorm layers that keep running statistics, but "
-                         f"{type(model).__name__} has none (adapting it would change nothing and report "
-                         "adabn = source); use a BatchNorm model (e.g. build_model('WRN-16-2', C) or "
+                         f"{type(model).__name__} has none (no BatchNorm layer"
+                         f"{f'; it normalises with {kinds}' if kinds else ''}: adapting it would change nothing "
+                         "and report adabn = source); use a BatchNorm model (e.g. build_model('WRN-16-2', C) or "
                          "norm='batch'), or score it with arms=('source',) only")
 
 
@@ -525,7 +535,14 @@ def bn_statistics_shift(source: nn.Module, adapted_model: nn.Module) -> pd.DataF
 # ============================================================================= studies
 # Each study returns a tidy DataFrame; the notebooks 30–33 render them.
 
+#: Burns & Steinhardt's arms: every study's default.
 ARMS = ("source", "adabn", "adabn+aug")
+#: Every arm a study takes: ``norm`` (each test batch's own BN statistics) and ``tent`` (plus online
+#: entropy minimisation over the BN affine parameters) are TENT's (:mod:`probelib.tent`), opt-in via
+#: ``arms=``; both come with McNemar against ``source`` and against the AdaBN arm.
+ALL_ARMS = ARMS + ("norm", "tent")
+#: The arms notebooks 30–32 run: AdaBN's beside TENT's.
+STUDY_ARMS = ALL_ARMS
 DEFAULT_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
                        "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
                        "elastic_transform", "pixelate", "jpeg_compression")
@@ -547,13 +564,18 @@ def _label_table(df: pd.DataFrame, momentum: float | None, calibration: str | No
     return df
 
 
-def _check_arms(arms: Sequence[str]) -> tuple[str, ...]:
+def _check_arms(arms: Sequence[str], model: nn.Module | None = None) -> tuple[str, ...]:
+    """``arms`` as a tuple, each one of :data:`ALL_ARMS`; with ``model``, refuse adapted arms on a
+    model without BatchNorm layers (they would silently be the source model)."""
     from probelib._util import check_choice
-    arms = tuple(arms)
+    arms = (arms,) if isinstance(arms, str) else tuple(arms)
     if not arms:
-        raise ValueError(f"arms must name at least one of {ARMS}")
+        raise ValueError(f"arms must name at least one of {ALL_ARMS}")
     for a in arms:
-        check_choice("arm", a, ARMS)
+        check_choice("arm", a, ALL_ARMS)
+    adapted_arms = [a for a in arms if a != "source"]
+    if model is not None and adapted_arms:
+        _require_bn(model, f"the arms {adapted_arms}")
     return arms
 
 
@@ -592,7 +614,7 @@ def evaluate_arms(work: nn.Module, x: torch.Tensor, y: torch.Tensor, arms: Seque
                   momentum: float | None = None, layers=None, augment="auto", batch_size: int | None = None,
                   eval_batch_size: int | None = None, layerwise: bool = True, seed: int = 0,
                   device=None, source_correct: torch.Tensor | None = None,
-                  calibration: str = "complete") -> list[dict]:
+                  calibration: str = "complete", tent: TentSettings | None = None) -> list[dict]:
     """Score ``work`` on ``(x, y)`` under each arm, adapting in place and restoring the source
     statistics after each (``work`` ends as it started). One dict of metrics per arm.
 
@@ -603,18 +625,24 @@ def evaluate_arms(work: nn.Module, x: torch.Tensor, y: torch.Tensor, arms: Seque
     ``source_correct`` (a bool per image) if given; without either there is no comparison.
     ``calibration``: the RMS calibration variant (``"complete"`` or the authors' ``"burns"``,
     :func:`probelib.metrics.rms_calibration_error`).
+
+    TENT's arms (``norm``, ``tent``: :mod:`probelib.tent`, hyper-parameters ``tent``, a
+    :class:`probelib.tent.TentSettings`, default TENT's CIFAR setting) start from the source
+    weights in every call (episodic reset per setting) and honour ``layers`` (layers left out keep
+    the source statistics and affine parameters). When an AdaBN arm is among ``arms`` (``adabn``,
+    else ``adabn+aug``), their dicts also compare them with it on the same images: ``vs_adabn``
+    (that arm's name), ``gained_vs_adabn`` (right only under the TENT arm), ``lost_vs_adabn`` (right
+    only under AdaBN) and McNemar's ``p_vs_adabn``.
     """
     from probelib.metrics import classification_metrics
     from probelib.ncg import mcnemar
     if len(x) == 0:
         raise ValueError("no images to evaluate (empty set)")
     y = _check_xy(x, y, "evaluate_arms")
-    if any(a != "source" for a in _check_arms(arms)):
-        _require_bn(work, "evaluate_arms")
     rows, correct = [], {}
-    for arm in _check_arms(arms):
+    for arm in _check_arms(arms, work):
         logits = arm_logits(work, x, arm, momentum, layers, augment, batch_size, eval_batch_size, layerwise,
-                            seed, device)
+                            seed, device, tent=tent)
         correct[arm] = (logits.argmax(1) == y).numpy()
         rows.append({"arm": arm, **classification_metrics(logits, y, calibration=calibration), "n": len(y)})
     reference = correct.get("source")
@@ -625,22 +653,44 @@ def evaluate_arms(work: nn.Module, x: torch.Tensor, y: torch.Tensor, arms: Seque
             if row["arm"] != "source":
                 test = mcnemar(reference, correct[row["arm"]])
                 row.update(gained=test["c"], lost=test["b"], p_value=test["p"])
+    if any(row["arm"] in _TENT_ARMS for row in rows):
+        from probelib.tent import TentSettings
+        for row in rows:
+            if row["arm"] in _TENT_ARMS:
+                row["tent_settings"] = (tent or TentSettings()).label() if row["arm"] == "tent" else \
+                    f"batch statistics, batch of {(tent or TentSettings()).batch_size}"
+    adabn_arm = next((a for a in ("adabn", "adabn+aug") if a in correct), None)
+    if adabn_arm is not None:
+        for row in rows:
+            if row["arm"] in _TENT_ARMS:
+                test = mcnemar(correct[adabn_arm], correct[row["arm"]])
+                row.update(vs_adabn=adabn_arm, gained_vs_adabn=test["c"], lost_vs_adabn=test["b"],
+                           p_vs_adabn=test["p"])
     return rows
+
+
+_TENT_ARMS = ("norm", "tent")
 
 
 def arm_logits(work: nn.Module, x: torch.Tensor, arm: str = "adabn", momentum: float | None = None,
                layers=None, augment="auto", batch_size: int | None = None, eval_batch_size: int | None = None,
-               layerwise: bool = True, seed: int = 0, device=None) -> torch.Tensor:
+               layerwise: bool = True, seed: int = 0, device=None,
+               tent: TentSettings | None = None) -> torch.Tensor:
     """Logits (float32, CPU) of ``work`` on ``x`` under one arm (``source``, ``adabn``: statistics
     from ``x``; ``adabn+aug``: statistics from augmented ``x``), transductively; ``work`` is
     adapted in place and restored. For ``adabn`` with the exact statistics of a set that fits in
-    one batch, the single statistics pass already is the adapted model's forward on ``x``."""
+    one batch, the single statistics pass already is the adapted model's forward on ``x``.
+    ``norm`` / ``tent``: TENT's arms on a copy, starting from ``work``'s weights
+    (:func:`probelib.tent.tent_arm_logits`; ``tent`` is their :class:`~probelib.tent.TentSettings`,
+    None = TENT's CIFAR defaults, images fed in the order ``seed`` shuffles them to unless
+    ``tent.shuffle`` is False; ``momentum``, ``augment`` and ``batch_size`` do not apply)."""
     from probelib.metrics import check_finite_outputs, predict
-    (arm,) = _check_arms([arm])
+    (arm,) = _check_arms([arm], work)
     check_images_or_features(x, "x", allow_uint8=True)
-    if arm != "source":
-        _require_bn(work, "arm_logits")
     device = _model_device(work) if device is None else default_device(device)
+    if arm in _TENT_ARMS:
+        from probelib.tent import tent_arm_logits
+        return tent_arm_logits(work, x, arm, tent, device, layers=layers, seed=seed)
     eval_batch_size = _eval_batch(eval_batch_size, device)
     batch_size = _stats_batch(batch_size, momentum, x)
     if arm == "source":
@@ -728,7 +778,8 @@ def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT
                momentum: float | None = None, clean: tuple[torch.Tensor, torch.Tensor] | None = None,
                extra: dict | None = None, augment="auto", batch_size: int | None = None,
                eval_batch_size: int | None = None, layerwise: bool = True, seed: int = 0,
-               device=None, n_images: int | None = None, calibration: str = "complete") -> pd.DataFrame:
+               device=None, n_images: int | None = None, calibration: str = "complete",
+               tent: TentSettings | None = None) -> pd.DataFrame:
     """The AdaBN shift grid: corruptions × severities × arms (+ ``clean`` and ``extra`` sets).
 
     Args:
@@ -747,16 +798,20 @@ def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT
             seeded subset each time (:func:`stratified_subset`); None = all.
         calibration: RMS calibration variant, ``"complete"`` (every bin) or ``"burns"`` (the
             authors' ``calib_err``); named in the ``calibration`` column.
+        arms: any of :data:`ALL_ARMS`; default Burns & Steinhardt's three. ``norm`` and ``tent``
+            (TENT's arms, :mod:`probelib.tent`) adapt batch by batch in the set's order from the
+            source weights in every setting (episodic reset per corruption × severity);
+            ``tent``: their :class:`probelib.tent.TentSettings` (None = one Adam step, lr 1e-3,
+            per batch of 128).
 
     Returns one row per (corruption, severity, arm): accuracy, confidence, rms_calibration,
     ece, n, ``momentum`` naming the statistics estimate, ``calibration`` naming the variant and, for the adapted arms when ``source``
     is among ``arms``, ``gained`` / ``lost`` / ``p_value`` (McNemar against source, see
-    :func:`evaluate_arms`).
+    :func:`evaluate_arms`); TENT's arms also ``vs_adabn`` / ``gained_vs_adabn`` /
+    ``lost_vs_adabn`` / ``p_vs_adabn`` (McNemar against the AdaBN arm) when one is among ``arms``.
     """
     from tqdm.auto import tqdm
-    arms = _check_arms(arms)
-    if any(a != "source" for a in arms):
-        _require_bn(model, "shift_grid")
+    arms = _check_arms(arms, model)
     for name, xy in (({"clean": clean} if clean is not None else {}) | dict(extra or {})).items():
         if isinstance(xy, (tuple, list)) and len(xy) == 2:  # in-memory sets: checked before any work
             _check_xy(*_as_pair(xy), name)
@@ -779,7 +834,7 @@ def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT
         _check_xy(x, y, f"the {name} severity {sev} set")  # a callable or Dataset may hold 0–255 pixels
         x = x.to(device)  # decoded once, used by every arm
         for r in evaluate_arms(work, x, torch.as_tensor(y), arms, momentum, None, augment, batch_size,
-                               eval_batch_size, layerwise, seed, device, calibration=calibration):
+                               eval_batch_size, layerwise, seed, device, calibration=calibration, tent=tent):
             rows.append({"corruption": name, "severity": sev, **r})
     return _label_table(pd.DataFrame(rows), momentum, calibration)
 
@@ -891,10 +946,17 @@ def label_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ks: Sequence
                 ms: Sequence[int] | None = None, exclude: Sequence[str] = ("last",),
                 momentum: float | None = None, arm: str = "adabn+aug", augment="auto",
                 batch_size: int | None = None, eval_batch_size: int | None = None, layerwise: bool = True,
-                seed: int = 0, device=None, calibration: str = "complete") -> pd.DataFrame:
+                seed: int = 0, device=None, calibration: str = "complete", arms: Sequence[str] | None = None,
+                tent: TentSettings | None = None) -> pd.DataFrame:
     """Label shift (Burns & Steinhardt's label_shift_experiment): keep classes {0..k−1} of
     ``(x, y)``, adapt on them (arm ``adabn+aug`` by default) while leaving the last (or first)
     ``m`` BN layers unadapted.
+
+    ``arms``: several adapted arms at once (None = ``[arm]``), e.g. ``["adabn+aug", "norm",
+    "tent"]``: TENT's arms then adapt only the selected layers too (the others keep the source
+    statistics and affine parameters), each (m, k) a fresh episode from the source weights, with
+    ``tent`` their :class:`probelib.tent.TentSettings`; their rows carry McNemar against the AdaBN
+    arm (``vs_adabn``, ``gained_vs_adabn``, ``lost_vs_adabn``, ``p_vs_adabn``) as well.
 
     ``ms=None`` (default): the paper's m ∈ {0, 1, 4, 16} of WRN-40-2's 37 BN layers, rescaled to
     this model's depth (:func:`paper_ms`), so every row adapts at least one layer, as every row of
@@ -902,15 +964,17 @@ def label_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ks: Sequence
     error (such a row is the source model and would make "freezing limits the damage" true by
     construction).
 
-    Returns one row per (exclude, m, k): ``accuracy`` (adapted), ``source_accuracy``, ``gain``,
+    Returns one row per (exclude, m, k, arm): ``accuracy`` (adapted), ``source_accuracy``, ``gain``,
     confidence and calibration of the adapted model, ``gained`` / ``lost`` / ``p_value`` (McNemar
     against the source model on the same images, as :func:`evaluate_arms`), ``n``,
     ``n_bn_layers``, ``adapted_layers``, ``m_paper`` (the paper's m this row stands for; None
     for explicit ``ms``), ``momentum`` and ``calibration`` (the RMS calibration variant).
     """
     from probelib.metrics import accuracy, predict
-    _check_arms([arm])
-    _require_bn(model, "label_shift")
+    arms = _check_arms([arm] if arms is None else arms, model)
+    if "source" in arms:
+        raise ValueError("label_shift compares every arm with the source model itself (source_accuracy, gain); "
+                         f"arms must name adapted arms only, got {list(arms)}")
     y = _check_xy(x, y, "label_shift")
     for k in ks:
         if int(k) != k or k < 1:
@@ -948,25 +1012,34 @@ def label_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ks: Sequence
                 keep = y < k
                 xk, yk = x[keep].to(device), y[keep]
                 src_correct = source_logits[keep].argmax(1) == yk
-                (r,) = evaluate_arms(work, xk, yk, [arm], momentum, selector(m), augment, batch_size,
-                                     eval_batch_size, layerwise, seed, device, source_correct=src_correct,
-                                     calibration=calibration)
                 src = accuracy(source_logits[keep], yk)
-                rows.append({"exclude": e, "m": m, "k": int(k), "arm": arm, "accuracy": r["accuracy"],
-                             "source_accuracy": src, "gain": r["accuracy"] - src,
-                             "confidence": r["confidence"], "rms_calibration": r["rms_calibration"],
-                             "ece": r["ece"], "gained": r["gained"], "lost": r["lost"],
-                             "p_value": r["p_value"], "n": r["n"], "n_bn_layers": n_bn,
-                             "adapted_layers": n_bn - m, "m_paper": stands_for[m]})
+                for r in evaluate_arms(work, xk, yk, arms, momentum, selector(m), augment, batch_size,
+                                       eval_batch_size, layerwise, seed, device, source_correct=src_correct,
+                                       calibration=calibration, tent=tent):
+                    rows.append({"exclude": e, "m": m, "k": int(k), "arm": r["arm"], "accuracy": r["accuracy"],
+                                 "source_accuracy": src, "gain": r["accuracy"] - src,
+                                 "confidence": r["confidence"], "rms_calibration": r["rms_calibration"],
+                                 "ece": r["ece"], "gained": r["gained"], "lost": r["lost"],
+                                 "p_value": r["p_value"], "n": r["n"], "n_bn_layers": n_bn,
+                                 "adapted_layers": n_bn - m, "m_paper": stands_for[m],
+                                 **{c: r[c] for c in ("tent_settings", "vs_adabn", "gained_vs_adabn",
+                                                      "lost_vs_adabn", "p_vs_adabn") if c in r}})
     return _label_table(pd.DataFrame(rows), momentum, calibration)
 
 
-def label_shift_verdicts(table: pd.DataFrame) -> list[str]:
+def label_shift_verdicts(table: pd.DataFrame, arm: str | None = None) -> list[str]:
     """Verdicts: does AdaBN hurt more the fewer classes, and do frozen late layers limit the damage?
 
     Only rows that adapt at least one BN layer (``m < n_bn_layers``) count: a row that adapts
     nothing is the source model (gain exactly 0) and would make the second verdict true whenever
-    AdaBN hurts at all."""
+    AdaBN hurts at all. A table with several arms is judged on ``arm`` (None: its AdaBN arm,
+    ``adabn+aug`` before ``adabn``; :func:`tent_verdict` judges TENT's)."""
+    if "arm" in table and table["arm"].nunique() > 1:
+        present = set(table["arm"])
+        arm = arm or next((a for a in ("adabn+aug", "adabn") if a in present), None)
+        if arm not in present:
+            raise ValueError(f"the table has no {arm!r} arm; it has {sorted(present)}")
+        table = table[table["arm"] == arm]
     lines, label = [], table["momentum"].iloc[0]
     if "n_bn_layers" in table:
         table = table[table["m"] < table["n_bn_layers"]]
@@ -1010,26 +1083,29 @@ def black_border_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                        borders: Sequence[str] = ("none", "black", "white"), arms: Sequence[str] = ARMS,
                        momentum: float | None = None, augment="auto", batch_size: int | None = None,
                        eval_batch_size: int | None = None, layerwise: bool = True, seed: int = 0,
-                       device=None, calibration: str = "complete") -> pd.DataFrame:
+                       device=None, calibration: str = "complete",
+                       tent: TentSettings | None = None) -> pd.DataFrame:
     """The black-border shift (zero fill) and, for dark-background data such as MNIST, a white
-    border (fill 1), each under the three arms; ``none`` is the unbordered set for reference.
+    border (fill 1), each under ``arms`` (default the three AdaBN arms; ``norm`` and ``tent``
+    opt-in, with ``tent`` their :class:`probelib.tent.TentSettings`, each border a fresh episode
+    from the source weights); ``none`` is the unbordered set for reference.
     In ``adabn+aug`` the statistics pass applies crop(+flip) after the border. Rows as
-    :func:`evaluate_arms` (with ``gained`` / ``lost`` / ``p_value`` against source) plus ``border``,
-    ``momentum`` and ``calibration`` (the RMS calibration variant, ``"complete"`` or ``"burns"``)."""
+    :func:`evaluate_arms` (with ``gained`` / ``lost`` / ``p_value`` against source and, for TENT's
+    arms, ``*_vs_adabn`` against AdaBN) plus ``border``, ``momentum`` and ``calibration`` (the RMS
+    calibration variant, ``"complete"`` or ``"burns"``)."""
+    arms = _check_arms(arms, model)
     fills = {"none": None, "black": 0.0, "white": 1.0}
     for b in borders:
         if b not in fills:
             from probelib._util import unknown_name
             raise unknown_name("border", b, fills)
-    if any(a != "source" for a in _check_arms(arms)):
-        _require_bn(model, "black_border_study")
     y = _check_xy(x, y, "black_border_study")
     work, device = _working_copy(model, device)
     rows = []
     for b in borders:
         xb = x if fills[b] is None else add_border(x, fills[b])
         for r in evaluate_arms(work, xb.to(device), y, arms, momentum, None, augment, batch_size,
-                               eval_batch_size, layerwise, seed, device, calibration=calibration):
+                               eval_batch_size, layerwise, seed, device, calibration=calibration, tent=tent):
             rows.append({"border": b, **r})
     return _label_table(pd.DataFrame(rows), momentum, calibration)
 
@@ -1138,3 +1214,160 @@ def ncg_verdicts(table: pd.DataFrame, alpha: float = 0.05) -> list[str]:
             f"{'YES' if mean > 0 else 'NO'} (mean NCG change {mean:+.3f}; significant increase on "
             f"{len(up)}/{len(table)} corruptions{': ' + ', '.join(up) if up else ''}; significant decrease on "
             f"{len(down)}{': ' + ', '.join(down) if down else ''}; McNemar p < {alpha})"]
+
+
+# ============================================================================= TENT beside AdaBN
+
+#: TENT's README (Wang et al., ICLR 2021): RobustBench's ``Standard`` WRN-28-10 on CIFAR-10-C,
+#: severity 5, error (%) averaged over the 15 corruptions; model reset per corruption × severity.
+TENT_REFERENCE = {"source": 43.5, "norm": 20.4, "tent": 18.6}
+
+
+def tent_table(grid: pd.DataFrame, severity: int = 5, arms: Sequence[str] | None = None) -> pd.DataFrame:
+    """TENT's CIFAR-10-C table from a shift grid: per arm, the error (%) averaged over the
+    corruptions at ``severity`` (each corruption weighs the same), the number of corruptions and
+    images per setting, and :data:`TENT_REFERENCE` beside it (``reference_error``, NaN for arms
+    TENT's table lacks). ``arms``: which rows, in order (None: every arm of the grid)."""
+    sub = grid[(grid["severity"] == severity) & (grid["corruption"] != "clean")]
+    if sub.empty:
+        raise ValueError(f"the grid has no corrupted setting at severity {severity}; it has severities "
+                         f"{sorted(set(grid['severity']) - {0})}")
+    present = list(dict.fromkeys(sub["arm"]))
+    arms = present if arms is None else list(arms)
+    missing = [a for a in arms if a not in present]
+    if missing:
+        raise ValueError(f"the grid has no {missing} arm(s) at severity {severity}; it has {present}")
+    rows = []
+    for a in arms:
+        r = sub[sub["arm"] == a]
+        rows.append({"arm": a, "error": 100 * float((1 - r["accuracy"]).mean()),
+                     "corruptions": r["corruption"].nunique(),
+                     "images": int(r["n"].min()) if r["n"].nunique() == 1 else f"{r['n'].min()}-{r['n'].max()}",
+                     "reference_error": TENT_REFERENCE.get(a, float("nan"))})
+    return pd.DataFrame(rows).set_index("arm")
+
+
+class TentVerdict(NamedTuple):
+    """The decision of :func:`tent_verdict` — ``"BETTER"`` (``tent`` right on significantly more of
+    the same images than the AdaBN arm), ``"WORSE"`` (significantly fewer) or ``"NOT SIGNIFICANT"``
+    — and the verdict line that states it with its numbers."""
+
+    decision: str
+    text: str
+
+
+def _pooled(rows: pd.DataFrame, gained: str, lost: str) -> tuple[int, int, float]:
+    from probelib.ncg import mcnemar_counts
+    if rows[[gained, lost]].isna().any().any():
+        raise ValueError(f"the table's tent rows lack {gained}/{lost}: compute it with the source and an AdaBN "
+                         "arm among the arms")
+    g, l_ = int(rows[gained].sum()), int(rows[lost].sum())
+    return g, l_, mcnemar_counts(l_, g)["p"]
+
+
+def _mean_accuracy(rows: pd.DataFrame) -> float:
+    return float((rows["accuracy"] * rows["n"]).sum() / rows["n"].sum())
+
+
+def tent_verdict(table: pd.DataFrame, alpha: float = 0.05, border: str | None = None) -> TentVerdict:
+    """Does entropy minimisation make AdaBN's limits better or worse? ``tent`` against the AdaBN
+    arm it was paired with (``vs_adabn``) on the same images, McNemar's test on the discordant
+    counts pooled over the study's shifted settings, and ``tent`` against ``source`` likewise.
+
+    The table is any study's with ``tent`` and an AdaBN arm among its arms:
+
+    * :func:`shift_grid` — every corrupted setting (``clean`` and severity-0 sets left out); the
+      same image at several severities counts as separate pairs, as :func:`paired_gains` does;
+    * :func:`label_shift` — AdaBN's limit there: the label-shifted rows (k below the largest k)
+      with all BN layers adapted (m = 0, the first ``exclude`` of the table);
+    * :func:`black_border_study` — the rows of ``border`` (None: ``"black"``).
+
+    Decision: ``BETTER`` when tent gains significantly more images than it loses against AdaBN
+    (p < ``alpha``), ``WORSE`` when it loses significantly more, ``NOT SIGNIFICANT`` otherwise.
+    """
+    if "arm" not in table or "tent" not in set(table["arm"]):
+        raise ValueError("the table has no tent arm: run the study with 'tent' among its arms "
+                         f"(arms={list(STUDY_ARMS)})")
+    if "vs_adabn" not in table or table.loc[table["arm"] == "tent", "vs_adabn"].isna().all():
+        raise ValueError("the table's tent rows were not compared with an AdaBN arm (column vs_adabn): run the "
+                         "study with 'adabn' or 'adabn+aug' among its arms beside 'tent'")
+    if "k" in table and "m" in table:
+        first = table["exclude"].iloc[0]
+        sub = table[(table["m"] == 0) & (table["exclude"] == first)]
+        shifted = sub[sub["k"] < sub["k"].max()] if sub["k"].nunique() > 1 else sub
+        ks = sorted(set(shifted["k"]))
+        where = f"under label shift (k in {ks}, all BN layers adapted)"
+    elif "border" in table:
+        border = border or "black"
+        if border not in set(table["border"]):
+            raise ValueError(f"the table has no {border!r} border; it has {sorted(set(table['border']))}")
+        shifted = table[table["border"] == border]
+        where = f"on the {border} border"
+    elif "corruption" in table:
+        shifted = table[(table["corruption"] != "clean") & (table["severity"] > 0)]
+        where = (f"on the shift grid ({shifted['corruption'].nunique()} corruptions x "
+                 f"{shifted['severity'].nunique()} severities pooled)")
+    else:
+        raise ValueError("tent_verdict takes a shift_grid, label_shift or black_border_study table")
+    tent_rows = shifted[shifted["arm"] == "tent"]
+    if tent_rows.empty:
+        raise ValueError(f"the table has no tent row {where}")
+    adabn_arm = str(tent_rows["vs_adabn"].iloc[0])
+    g, l_, p = _pooled(tent_rows, "gained_vs_adabn", "lost_vs_adabn")
+    gs, ls, ps = _pooled(tent_rows, "gained", "lost")
+    decision = "NOT SIGNIFICANT" if not p < alpha else "BETTER" if g > l_ else "WORSE"
+    label = table["momentum"].iloc[0] if "momentum" in table else "?"
+    if "source_accuracy" in tent_rows:  # label shift: no source rows, the source accuracy is a column
+        src_acc = _mean_accuracy(tent_rows.assign(accuracy=tent_rows["source_accuracy"]))
+    else:
+        src_acc = _mean_accuracy(shifted[shifted["arm"] == "source"]) if (shifted["arm"] == "source").any() \
+            else float("nan")
+    accs = {"source": src_acc}
+    for a in (adabn_arm, "norm", "tent"):
+        rows = shifted[shifted["arm"] == a]
+        if len(rows):
+            accs[a] = _mean_accuracy(rows)
+    settings = tent_rows["tent_settings"].iloc[0] if "tent_settings" in tent_rows else "?"
+    text = (f"entropy minimisation (tent) vs AdaBN {where}: {decision} — tent vs {adabn_arm} on the same images: "
+            f"{g} gained, {l_} lost, McNemar p={p:.2g}; tent vs source: {gs} gained, {ls} lost, p={ps:.2g} "
+            f"(accuracy " + ", ".join(f"{a} {v:.3f}" for a, v in accs.items())
+            + f"; tent: {settings}; AdaBN momentum {label}; p < {alpha})")
+    return TentVerdict(decision, text)
+
+
+def tent_verdicts(table: pd.DataFrame, alpha: float = 0.05) -> list[TentVerdict]:
+    """:func:`tent_verdict` for each shifted part of a study: one for a shift grid or label-shift
+    table, one per bordered border (``black``, ``white``) of a border study."""
+    if "border" in table and "k" not in table:
+        return [tent_verdict(table, alpha, b) for b in ("black", "white") if b in set(table["border"])]
+    return [tent_verdict(table, alpha)]
+
+
+def study_model(dataset: str, smoke: bool = False, device=None, model_source: str | None = None,
+                checkpoint: str | os.PathLike | None = None, model_dir: str | os.PathLike = "models",
+                threat_model: str = "corruptions", **pretrained_kwargs) -> tuple[nn.Module, str]:
+    """The source model of notebooks 30–32 and its name.
+
+    ``model_source=None``: the BN WideResNet probelib trains (or loads from the store) for
+    ``dataset`` with Burns & Steinhardt's recipe (``default_config(dataset, paper="adabn")``; with
+    ``smoke`` the shared 1-epoch model on 300 images). Otherwise a checkpoint the user already has,
+    through :func:`probelib.models.load_pretrained` (``model_source`` one of ``torchvision``,
+    ``robustbench``, ``state_dict``; ``checkpoint`` its file or zoo name), e.g. RobustBench's
+    ``Standard`` WRN-28-10 from ``<model_dir>/cifar10/corruptions/Standard.pt`` for TENT's table.
+    """
+    if model_source is None:
+        from probelib.training import default_config, train_or_load
+        cfg = default_config(dataset, paper="adabn")
+        if smoke:  # a tiny model (shared with the other smoke notebooks: same config, same store entry)
+            cfg = cfg.replace(epochs=1, max_train=300, max_test=100)
+        model, _ = train_or_load(cfg, device=device)
+        return model, cfg.name
+    if checkpoint is None:
+        raise ValueError(f"model_source={model_source!r} needs checkpoint= (a file, or a RobustBench zoo name such "
+                         "as 'Standard')")
+    from probelib.models import load_pretrained
+    if model_source == "robustbench":
+        pretrained_kwargs = {"model_dir": model_dir, "threat_model": threat_model, **pretrained_kwargs}
+    model = load_pretrained(model_source, checkpoint, device=device, **pretrained_kwargs)
+    info = getattr(model, "pretrained_source", {})
+    return model, f"{model_source}:{info.get('name', Path(str(checkpoint)).stem)} ({info.get('arch', '?')})"

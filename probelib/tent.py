@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from probelib._util import check_choice
-from probelib.adabn import bn_layers
+from probelib.adabn import LayerSelector, bn_layers, resolve_layers
 from probelib.metrics import _model_device, iter_image_batches
 
 __all__ = ["TentSettings", "TENT_ARMS", "entropy", "norm_logits", "tent_logits", "tent_arm_logits",
@@ -45,6 +45,11 @@ class TentSettings:
     ``batch_size``: test batch (both arms; the statistics are per batch). ``lr``, ``steps``,
     ``optimizer`` (``adam`` with ``betas``, or ``sgd`` with ``momentum``), ``weight_decay``: the
     ``tent`` update. ``reset_each_batch``: restore the source weights after every batch.
+    ``shuffle`` (:func:`tent_arm_logits`, hence the studies): feed the images in a seeded random
+    order and return the logits in the original order. Both arms depend on which images share a
+    batch, and a class-sorted set (the mnist5k test split, every ImageFolder "-C" set) would make
+    each batch a hidden label shift; CIFAR-10-C's stored order is already class-mixed, so TENT ran
+    it as stored (``shuffle=False`` reproduces that exactly).
     """
 
     batch_size: int = 128
@@ -55,6 +60,7 @@ class TentSettings:
     momentum: float = 0.9
     weight_decay: float = 0.0
     reset_each_batch: bool = False
+    shuffle: bool = True
 
     def __post_init__(self):
         if int(self.batch_size) != self.batch_size or self.batch_size < 1:
@@ -67,6 +73,13 @@ class TentSettings:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
 
+    def label(self) -> str:
+        """How a table names these settings, e.g. ``"adam lr 0.001, 1 step per batch of 128, episodic per setting"``."""
+        opt = f"{self.optimizer} lr {self.lr:g}" + (f" wd {self.weight_decay:g}" if self.weight_decay else "")
+        reset = "reset every batch" if self.reset_each_batch else "episodic per setting"
+        order = "shuffled" if self.shuffle else "stored order"
+        return f"{opt}, {self.steps} step{'s' * (self.steps != 1)} per batch of {self.batch_size}, {order}, {reset}"
+
     def replace(self, **changes) -> "TentSettings":
         """A copy with ``changes`` applied (validated)."""
         return replace(self, **changes)
@@ -78,10 +91,15 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=1)
 
 
-def prepare_batch_norm(model: nn.Module, device: torch.device | None = None) -> tuple[nn.Module, list[_BatchNorm]]:
+def prepare_batch_norm(model: nn.Module, device: torch.device | None = None,
+                       layers: Sequence[bool] | LayerSelector | None = None) -> tuple[nn.Module, list[_BatchNorm]]:
     """A deep copy of ``model`` in eval mode whose BatchNorm layers normalise with each batch's
     own statistics (no running statistics kept), with every parameter frozen except the BN
-    affine ones; and those BN layers. ``ValueError`` when the model has no BatchNorm layer."""
+    affine ones; and those BN layers. ``layers`` (as :func:`probelib.adabn.resolve_layers`: a
+    bool per BN layer or ``exclude_last(m)`` / ``exclude_first(m)``) limits this to some layers;
+    the others keep the source statistics and frozen affine parameters (the label-shift study's
+    "do not adapt the last m layers"). ``ValueError`` when the model has no BatchNorm layer, or
+    when ``layers`` selects none."""
     if not bn_layers(model):
         kinds = sorted({type(m).__name__ for m in model.modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm,
                                                                                      nn.InstanceNorm2d))})
@@ -89,17 +107,21 @@ def prepare_batch_norm(model: nn.Module, device: torch.device | None = None) -> 
                          f"tent arms have nothing to adapt{f' (it normalises with {kinds})' if kinds else ''}; "
                          "use a batch-norm model (e.g. build_model(..., norm='batch')) or only the source arm")
     device = _model_device(model) if device is None else torch.device(device)
+    mask = resolve_layers(model, layers)
+    if not any(mask):
+        raise ValueError(f"layers selects none of the model's {len(mask)} BatchNorm layers, so the norm and tent "
+                         "arms would be the source model; leave at least one layer adapted")
     work = copy.deepcopy(model).to(device).eval()
     work.requires_grad_(False)
-    layers = [m for _, m in bn_layers(work)]
-    for m in layers:
+    chosen = [m for (_, m), keep in zip(bn_layers(work), mask) if keep]
+    for m in chosen:
         m.train()  # batch statistics in the forward pass ...
         m.track_running_stats = False  # ... and no running statistics kept or used
         m.running_mean, m.running_var, m.num_batches_tracked = None, None, None
         if m.affine:
             m.weight.requires_grad_(True)
             m.bias.requires_grad_(True)
-    return work, layers
+    return work, chosen
 
 
 def _optimizer(params: Sequence[nn.Parameter], s: TentSettings) -> torch.optim.Optimizer:
@@ -120,11 +142,12 @@ def _forward(work: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def norm_logits(model: nn.Module, x, settings: TentSettings | None = None, device=None,
-                desc: str | None = None) -> torch.Tensor:
+                desc: str | None = None, layers: Sequence[bool] | LayerSelector | None = None) -> torch.Tensor:
     """Logits (float32, CPU) of ``model`` on ``x`` with each test batch's own BN statistics (the
-    ``norm`` arm); batches of ``settings.batch_size`` in order. ``model`` is not changed."""
+    ``norm`` arm); batches of ``settings.batch_size`` in order. ``model`` is not changed.
+    ``layers``: which BN layers take batch statistics (default all; see :func:`prepare_batch_norm`)."""
     s = settings or TentSettings()
-    work, _ = prepare_batch_norm(model, device)
+    work, _ = prepare_batch_norm(model, device, layers)
     dev = _model_device(work)
     with torch.no_grad():
         out = [_forward(work, xb).float().cpu() for xb in _batches(x, s.batch_size, dev, desc)]
@@ -132,14 +155,15 @@ def norm_logits(model: nn.Module, x, settings: TentSettings | None = None, devic
 
 
 def tent_logits(model: nn.Module, x, settings: TentSettings | None = None, device=None,
-                desc: str | None = None) -> torch.Tensor:
+                desc: str | None = None, layers: Sequence[bool] | LayerSelector | None = None) -> torch.Tensor:
     """Logits (float32, CPU) of ``model`` on ``x`` under TENT (the ``tent`` arm): batch
     statistics plus online entropy minimisation over the BN affine parameters, batches of
     ``settings.batch_size`` in order, each batch predicted before its own update. One call is
-    one setting: it starts from ``model``'s weights (which it never changes)."""
+    one setting: it starts from ``model``'s weights (which it never changes). ``layers``: which BN
+    layers adapt (batch statistics and updated γ, β; default all; see :func:`prepare_batch_norm`)."""
     s = settings or TentSettings()
-    work, layers = prepare_batch_norm(model, device)
-    params = [p for m in layers if m.affine for p in (m.weight, m.bias)]
+    work, chosen = prepare_batch_norm(model, device, layers)
+    params = [p for m in chosen if m.affine for p in (m.weight, m.bias)]
     if not params:
         raise ValueError("the model's BatchNorm layers have no affine parameters (affine=False), so tent has "
                          "nothing to update; use the norm arm")
@@ -163,12 +187,23 @@ def tent_logits(model: nn.Module, x, settings: TentSettings | None = None, devic
     return _cat(out)
 
 
-def tent_arm_logits(model: nn.Module, x, arm: str = "tent", settings: TentSettings | None = None, device=None,
-                    desc: str | None = None) -> torch.Tensor:
-    """Logits of one arm, ``"norm"`` or ``"tent"`` (see the module docstring)."""
+def tent_arm_logits(model: nn.Module, x: torch.Tensor, arm: str = "tent", settings: TentSettings | None = None,
+                    device=None, desc: str | None = None, layers: Sequence[bool] | LayerSelector | None = None,
+                    seed: int = 0) -> torch.Tensor:
+    """Logits of one arm, ``"norm"`` or ``"tent"`` (see the module docstring), one row per image
+    of ``x`` in its order. With ``settings.shuffle`` (default) the images are fed in the order
+    ``torch.randperm(N, generator=torch.Generator().manual_seed(seed))``; else as stored."""
     check_choice("arm", arm, TENT_ARMS)
+    s = settings or TentSettings()
     fn = tent_logits if arm == "tent" else norm_logits
-    return fn(model, x, settings, device, desc)
+    if not s.shuffle:
+        return fn(model, x, s, device, desc, layers)
+    x = torch.as_tensor(x)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(seed)))
+    fed = fn(model, x[order.to(x.device)], s, device, desc, layers)
+    out = torch.empty_like(fed)
+    out[order] = fed
+    return out
 
 
 def _batches(x, batch_size: int, device: torch.device, desc: str | None):

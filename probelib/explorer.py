@@ -647,7 +647,10 @@ def explorer_notebook(parameters: Mapping[str, Any], folder: str | os.PathLike,
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / EXPLORER_NOTEBOOK
-    nbformat.write(nb, str(target))
+    from probelib.store import atomic_write
+
+    with atomic_write(target) as tmp:
+        nbformat.write(nb, str(tmp))
     return target
 
 

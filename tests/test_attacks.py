@@ -151,6 +151,7 @@ def test_cw_l2_default_matches_analytic_distance_of_linear_model():
 LINEAR_SCALES = [((1, 8, 8), 1.5), ((1, 28, 28), 3.0), ((3, 32, 32), 3.0)]  # (shape, largest distance)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,hi", LINEAR_SCALES, ids=["8x8", "28x28", "3x32x32"])
 def test_cw_l2_defaults_find_analytic_distance_from_8x8_to_cifar_scale(shape, hi):
     # distances 0.05..hi: below lr·sqrt(pixels)/2 Adam's first step alone overshoots (issue 16)
@@ -178,6 +179,7 @@ def test_study_attack_finds_analytic_distance_from_8x8_to_cifar_scale(shape, hi)
     assert rel.max() < 0.01, (study, rel, dist)
 
 
+@pytest.mark.slow
 def test_cw_l2_exact_foolbox_keeps_foolbox_mechanics():
     model, x, y, dist = _linear_problem_at((3, 32, 32), n_keep=4, hi=0.2)
     exact = cw_l2(model, x, y, progress=False, exact_foolbox=True)

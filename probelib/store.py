@@ -211,12 +211,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 
 def _update(h: "hashlib._Hash", obj: Any) -> None:
-    if isinstance(obj, torch.nn.Module):
-        obj = obj.state_dict()
+    if isinstance(obj, torch.nn.Module):  # its weights, and what shapes its outputs beyond them: the class and
+        # every buffer, the non-persistent ones too (normalisation kept inside the model is not in its state dict)
+        obj = {"module": f"{type(obj).__module__}.{type(obj).__qualname__}", "structure": repr(obj),
+               "state": obj.state_dict(), "buffers": dict(obj.named_buffers())}
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous()
         h.update(f"tensor{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too
     elif isinstance(obj, np.ndarray):
         a = np.ascontiguousarray(obj)
         h.update(f"ndarray{a.dtype.str}{a.shape}".encode())
@@ -243,7 +245,8 @@ def _update(h: "hashlib._Hash", obj: Any) -> None:
 
 
 def fingerprint(*parts: Any) -> str:
-    """A stable SHA-256 hex digest of tensors, arrays, modules (their weights), and plain values."""
+    """A stable SHA-256 hex digest of tensors, arrays, modules (their class, structure, weights and every
+    buffer), and plain values."""
     h = hashlib.sha256()
     for part in parts:
         _update(h, part)

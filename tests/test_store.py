@@ -38,7 +38,29 @@ def test_fingerprint_tracks_content_not_identity():
     assert fingerprint(a.numpy()) == fingerprint(a.numpy().copy())
     assert fingerprint({"b": 1, "a": [1, 2]}) == fingerprint({"a": [1, 2], "b": 1})
     m = torch.nn.Linear(2, 2)
-    assert fingerprint(m) == fingerprint(m.state_dict())
+    m2 = torch.nn.Linear(2, 2)
+    m2.load_state_dict(m.state_dict())
+    assert fingerprint(m) == fingerprint(m2)                  # the same class and weights
+    assert fingerprint(torch.tensor(3)) != fingerprint(torch.tensor(4))  # 0-dim tensors (BN's counters)
+    bn, seen = torch.nn.BatchNorm2d(2), torch.nn.BatchNorm2d(2)
+    seen(torch.rand(4, 2, 3, 3))                               # updates running stats and the 0-dim counter
+    assert fingerprint(bn) != fingerprint(seen)
+
+
+def test_fingerprint_of_a_model_covers_normalisation_outside_its_state_dict():
+    # mean/std kept as non-persistent buffers (ResNet50Norm01, the zoo's preprocessing) are not in the
+    # state dict: two models with the same weights but other preprocessing must not share cached results
+    from probelib.models.pretrained import ImageNetResNet
+
+    a, b = ImageNetResNet("resnet18", 10), ImageNetResNet("resnet18", 10)
+    b.load_state_dict(a.state_dict())
+    assert fingerprint(a) == fingerprint(b)
+    b.mean.fill_(0.5)
+    assert set(a.state_dict()) == set(b.state_dict()) and fingerprint(a) != fingerprint(b)
+    lin = torch.nn.Linear(2, 2)
+    relu, tanh = torch.nn.Sequential(lin, torch.nn.ReLU()), torch.nn.Sequential(lin, torch.nn.Tanh())
+    assert relu.state_dict().keys() == tanh.state_dict().keys()  # same weights, another function
+    assert fingerprint(relu) != fingerprint(tanh)
 
 
 def test_cached_arrays_computes_once_and_recomputes_damaged(tmp_path):

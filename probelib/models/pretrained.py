@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock as TVBasicBlock
-from torchvision.models.resnet import Bottleneck, ResNet
+from torchvision.models.resnet import Bottleneck
 
 from probelib._util import check_choice, unknown_name
 from probelib.models.checkpoint import FORMAT, CheckpointError, CheckpointMismatchError, UnsafeCheckpointError
-from probelib.models.resnet import IMAGENET_MEAN, IMAGENET_STD, TORCHVISION_ARCHS
+from probelib.models.resnet import TORCHVISION_ARCHS, NormalizedResNet
 
 __all__ = ["load_pretrained", "load_torchvision", "load_robustbench", "load_state_dict_file", "read_state_dict",
            "save_external", "fit_state_dict", "zoo_path", "guess_torchvision_arch", "SOURCES", "EXTERNAL_FORMATS",
@@ -234,7 +234,7 @@ _TV_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "
                "resnext101_64x4d": "ResNeXt101_64X4D_Weights"}
 
 
-class ImageNetResNet(ResNet):
+class ImageNetResNet(NormalizedResNet):
     """A torchvision ResNet/ResNeXt/Wide ResNet that normalises [0, 1] input with ImageNet mean/std.
 
     The state dict has exactly torchvision's keys (mean/std are not saved). ``features(x)``: the
@@ -244,24 +244,7 @@ class ImageNetResNet(ResNet):
     def __init__(self, arch: str, num_classes: int = 1000):
         check_choice("torchvision architecture", arch, TORCHVISION_RESNETS)
         block, layers, groups, width = TORCHVISION_RESNETS[arch]
-        super().__init__(block, list(layers), num_classes=num_classes, groups=groups, width_per_group=width)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.feature_dim = 512 * block.expansion
-
-    @property
-    def classifier(self) -> nn.Module:
-        return self.fc
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled layer4 activations of the normalised input."""
-        x = (x - self.mean) / self.std
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(self.avgpool(x), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return self.fc(self.features(x))
+        super().__init__(num_classes, width, block=block, layers=layers, groups=groups)
 
 
 def guess_torchvision_arch(state: Mapping[str, torch.Tensor]) -> str | None:

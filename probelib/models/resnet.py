@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -25,23 +26,25 @@ TORCHVISION_ARCHS = {"resnet50": ("ResNet50_Weights", 64), "wide_resnet50_2": ("
 class NormalizedResNet(ResNet):
     """A torchvision ResNet whose ``forward`` first normalises [0, 1] input with ImageNet mean/std.
 
-    ``features(x)``: the globally average-pooled output of layer4, **2048-d**. ``classifier``
+    ``features(x)``: the globally average-pooled output of layer4 (**2048-d** for ResNet-50;
+    ``512·block.expansion`` in general). ``classifier``
     is ``fc``. The state dict has exactly torchvision's keys (the mean/std buffers are not
     saved), so torchvision checkpoints load unchanged.
     """
 
-    def __init__(self, num_classes: int = 1000, width_per_group: int = 64):
-        super().__init__(Bottleneck, [3, 4, 6, 3], num_classes=num_classes, width_per_group=width_per_group)
+    def __init__(self, num_classes: int = 1000, width_per_group: int = 64, *, block: type = Bottleneck,
+                 layers: Sequence[int] = (3, 4, 6, 3), groups: int = 1):
+        super().__init__(block, list(layers), num_classes=num_classes, groups=groups, width_per_group=width_per_group)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.feature_dim = 512 * Bottleneck.expansion
+        self.feature_dim = 512 * block.expansion
 
     @property
     def classifier(self) -> nn.Module:
         return self.fc
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled layer4 activations (N, 2048) of the normalised input."""
+        """Pooled layer4 activations (N, feature_dim) of the normalised input."""
         x = (x - self.mean) / self.std
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))

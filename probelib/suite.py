@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import html
 import json
 import math
 import os
@@ -28,14 +27,15 @@ from typing import Any
 import pandas as pd
 
 from probelib._util import check_name, unknown_name
-from probelib.store import atomic_write, write_text_atomic
+from probelib.report import (VERDICT_MIME, VERDICT_PREFIX, Verdict, _fmt_time, _load_manifest, _md_escape,  # noqa: F401
+                             _snapshot, _stems, _version, collect_claims, collect_verdicts, write_report)
+from probelib.store import atomic_write
 
 __all__ = ["VERDICT_PREFIX", "save_table", "save_figure", "verdict",
            "Notebook", "discover_notebooks", "select_notebooks", "notebook_parameters",
            "parse_parameter_value", "load_parameter_file", "NotebookResult", "SuiteResult", "execute_notebook",
-           "run_suite", "collect_verdicts", "write_report", "kernel_manager_class", "add_cli"]
+           "run_suite", "collect_verdicts", "collect_claims", "write_report", "Verdict", "kernel_manager_class", "add_cli"]
 
-VERDICT_PREFIX = "VERDICT: "
 
 
 def _results_folder(results_dir: str | os.PathLike) -> Path:
@@ -70,11 +70,40 @@ def save_figure(fig, name: str, results_dir: str | os.PathLike, dpi: int = 150) 
     return png
 
 
-def verdict(text: str) -> str:
-    """Print one verdict line (collected into the results report) and return it."""
-    line = VERDICT_PREFIX + text
+def verdict(text: str, *, claim: str | None = None, paper: str | None = None, result: str | None = None,
+            p: float | None = None) -> str:
+    """Print one verdict line (collected into the results report) and return it.
+
+    With ``claim``, ``paper`` and ``result`` (or when ``text`` is a :class:`~probelib.report.Verdict`
+    carrying them), the verdict also enters the report's claim table: in a kernel it is displayed
+    as :data:`~probelib.report.VERDICT_MIME` data (front-ends show nothing for it). ``p`` is the
+    test's p-value, None when it has none. The printed line is the same either way.
+    """
+    if claim is not None or paper is not None or result is not None:
+        if claim is None or paper is None or result is None:
+            raise ValueError("a structured verdict needs claim, paper and result together")
+        text = Verdict(str(text), claim=claim, paper=paper, result=result, p=p)
+    elif p is not None:
+        raise ValueError("p is given only with claim, paper and result")
+    line = VERDICT_PREFIX + str(text)
     print(line, flush=True)
+    if isinstance(text, Verdict):
+        _display_claim(text)
     return line
+
+
+def _display_claim(v: Verdict) -> None:
+    """Send ``v``'s record as display data when running in an IPython kernel; else do nothing."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with ipykernel
+        return
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "kernel"):
+        return
+    from IPython.display import display
+
+    display({VERDICT_MIME: v.record(), "text/plain": ""}, raw=True)
 
 
 # --------------------------------------------------------------------------- the notebook list
@@ -503,26 +532,6 @@ class SuiteResult:
         return next((r for r in self.results if r.status == "failed"), None)
 
 
-def _snapshot(out: Path) -> dict[str, int]:
-    snap = {}
-    for sub in ("tables", "figures"):
-        folder = out / sub
-        if folder.is_dir():
-            for p in folder.iterdir():
-                if p.is_file() and not p.name.startswith("."):
-                    snap[f"{sub}/{p.name}"] = p.stat().st_mtime_ns
-    return snap
-
-
-def _stems(paths: Iterable[str], sub: str) -> list[str]:
-    return sorted({Path(p).stem for p in paths if p.startswith(sub + "/")})
-
-
-def _fmt_time(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60:d}:{seconds % 60:02d}"
-
-
 def _first_error(nb_path: Path) -> str | None:
     import nbformat
 
@@ -720,217 +729,6 @@ def _eta(remaining: Sequence[str], previous: Mapping[str, Mapping[str, Any]], sm
 
 def _from_cli() -> bool:
     return len(sys.argv) > 1 and sys.argv[1] == "run"
-
-
-def _version() -> str:
-    from probelib import __version__
-
-    return __version__
-
-
-# --------------------------------------------------------------------------- the report
-
-def collect_verdicts(notebook_path: str | os.PathLike) -> list[str]:
-    """The verdict lines (``VERDICT: ...``, prefix removed) printed in an executed notebook's streams."""
-    import nbformat
-
-    nb = nbformat.read(str(notebook_path), as_version=4)
-    lines = []
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "stream":
-                text = out.get("text", "")
-                text = "".join(text) if isinstance(text, list) else text
-                lines += [ln[len(VERDICT_PREFIX):].strip() for ln in text.splitlines()
-                          if ln.startswith(VERDICT_PREFIX)]
-    return lines
-
-
-_MANIFEST = "suite.json"
-
-
-def _load_manifest(out: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((out / _MANIFEST).read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-_FILE_TYPES = {"tables": (".csv", ".tex"), "figures": (".png", ".pdf")}
-
-
-def _md_link(href: str, label: str) -> str:
-    return f"[{label}]({href})"
-
-
-def _html_link(href: str, label: str) -> str:
-    return f"<a href='{html.escape(href)}'>{label}</a>"
-
-
-def _file_links(out: Path, kind: str, name: str, link: Callable[[str, str], str]) -> str:
-    """Links (`` · ``-joined, ``link(href, label)``) to the files of table or figure ``name`` that
-    exist under ``out/<kind>``."""
-    return " · ".join(link(f"{kind}/{name}{ext}", ext.strip(".").upper())
-                      for ext in _FILE_TYPES[kind] if (out / kind / f"{name}{ext}").exists())
-
-
-def write_report(out: str | os.PathLike, results: Sequence[NotebookResult],
-                 run_info: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Write ``<out>/index.md`` and ``<out>/index.html`` (and the ``suite.json`` manifest they come from).
-
-    Notebooks executed by earlier runs into the same folder stay listed (marked with their run
-    time), so a partial re-run (``--only``) keeps a complete report.
-    """
-    out = Path(out)
-    manifest = _load_manifest(out)
-    entries: dict[str, dict[str, Any]] = manifest.get("notebooks", {})
-    for r in results:
-        if r.status == "not run":
-            continue
-        entries[r.notebook.stem] = {
-            "number": r.notebook.number, "status": r.status, "run": run_info["started"],
-            "elapsed_s": None if r.elapsed_s is None else round(r.elapsed_s, 1),
-            "output": None if r.output is None else r.output.relative_to(out).as_posix(),
-            "parameters": {k: v for k, v in r.parameters.items()},
-            "tables": r.tables, "figures": r.figures, "error": r.error}
-    # notebooks selected but not reached in this run
-    pending = [r.notebook.stem for r in results if r.status == "not run"]
-    manifest = {"probelib_version": _version(), "python": platform.python_version(),
-                "last_run": dict(run_info), "notebooks": dict(sorted(entries.items()))}
-    write_text_atomic(out / _MANIFEST, json.dumps(manifest, indent=1, default=str))
-
-    tables = _stems(_snapshot(out), "tables")
-    figures = _stems(_snapshot(out), "figures")
-    owner: dict[tuple[str, str], str] = {}
-    for stem, e in entries.items():
-        for t in e.get("tables", []):
-            owner[("tables", t)] = stem
-        for f in e.get("figures", []):
-            owner[("figures", f)] = stem
-    verdicts = {}
-    for stem, e in entries.items():
-        if e.get("output") and (out / e["output"]).exists():
-            try:
-                verdicts[stem] = list(dict.fromkeys(collect_verdicts(out / e["output"])))  # each verdict once
-            except Exception:  # an unreadable notebook is listed without verdicts
-                verdicts[stem] = []
-
-    this_run = {r.notebook.stem for r in results if r.status != "not run"}
-    title = f"probelib results — {out.name}"
-    head = [f"probelib {_version()} · Python {platform.python_version()} · run started "
-            f"{run_info['started']} · {_fmt_time(run_info['elapsed_s'])} (m:ss)"]
-    if run_info.get("command"):
-        head.append(f"Command: `{run_info['command']}`")
-    params = {"dataset": run_info["dataset"] if run_info["dataset"] is not None else "(each notebook's default)",
-              "smoke": run_info["smoke"], "fresh": run_info["fresh"], "results_dir": str(out),
-              **{f"-p {k}": v for k, v in run_info["overrides"].items()}}
-    failed = [r.notebook.stem for r in results if r.status == "failed"]
-
-    # ---- markdown
-    md = [f"# {title}", "", *[h + "  " for h in head], ""]
-    for stem in failed:
-        e = entries[stem]
-        where = (f"its executed notebook keeps the traceback: [{e['output']}]({e['output']})" if e.get("output")
-                 else "no executed notebook was written")
-        md += [f"**FAILED: {stem}** — {_md_escape(e['error'])}; {where}", ""]
-    if pending:
-        md += ["Not run (after the failure): " + ", ".join(pending), ""]
-    md += ["## Parameters", "", "| parameter | value |", "|---|---|"]
-    md += [f"| {_md_escape(k)} | `{_md_escape(repr(v))}` |" for k, v in params.items()]
-    md += ["", "## Notebooks", "", "| notebook | status | time | run | parameters passed |", "|---|---|---|---|---|"]
-    for stem, e in entries.items():
-        link = f"[{stem}]({e['output']})" if e.get("output") else stem
-        when = "this run" if stem in this_run else e.get("run", "")
-        ptxt = ", ".join(f"{k}={v!r}" for k, v in e["parameters"].items() if k != "results_dir")
-        t = "" if e.get("elapsed_s") is None else f"{e['elapsed_s']:.1f} s"
-        md.append(f"| {link} | {e['status']} | {t} | {when} | {_md_escape(ptxt)} |")
-    md += ["", "## Verdicts", ""]
-    any_verdict = False
-    for stem, lines in verdicts.items():
-        if lines:
-            any_verdict = True
-            md += [f"**{stem}**", ""] + [f"- {_md_escape(v)}" for v in lines] + [""]
-    if not any_verdict:
-        md += ["(no verdict lines)", ""]
-    md += ["## Tables", "", "| table | notebook | files |", "|---|---|---|"]
-    for t in tables:
-        files = _file_links(out, "tables", t, _md_link)
-        md.append(f"| {t} | {owner.get(('tables', t), '(earlier run)')} | {files} |")
-    if not tables:
-        md.append("| (none) | | |")
-    md += ["", "## Figures", ""]
-    for f in figures:
-        files = _file_links(out, "figures", f, _md_link)
-        md += [f"### {f} ({owner.get(('figures', f), 'earlier run')})", ""]
-        if (out / "figures" / f"{f}.png").exists():
-            md += [f"![{f}](figures/{f}.png)", ""]
-        md += [files, ""]
-    if not figures:
-        md += ["(none)", ""]
-    index_md = write_text_atomic(out / "index.md", "\n".join(md) + "\n")
-
-    # ---- HTML
-    e_ = html.escape
-    h = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{e_(title)}</title>",
-         "<style>body{font-family:sans-serif;max-width:72em;margin:2em auto;padding:0 1em}"
-         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .5em;"
-         "text-align:left}img{max-width:100%}.failed{color:#b00;font-weight:bold}.ok{color:#070}"
-         "details{margin:.3em 0}</style></head><body>", f"<h1>{e_(title)}</h1>"]
-    h += [f"<p>{e_(x.replace('`', ''))}</p>" for x in head]
-    for stem in failed:
-        e0 = entries[stem]
-        h.append(f"<p class='failed'>FAILED: {e_(stem)} — {e_(str(e0['error']))}; its executed notebook "
-                 f"keeps the traceback: <a href='{e_(e0['output'] or '')}'>{e_(e0['output'] or '')}</a></p>")
-    if pending:
-        h.append(f"<p>Not run (after the failure): {e_(', '.join(pending))}</p>")
-    h += ["<h2>Parameters</h2><table><tr><th>parameter</th><th>value</th></tr>"]
-    h += [f"<tr><td>{e_(k)}</td><td><code>{e_(repr(v))}</code></td></tr>" for k, v in params.items()]
-    h += ["</table><h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>time</th>"
-          "<th>run</th><th>parameters passed</th></tr>"]
-    for stem, e in entries.items():
-        link = f"<a href='{e_(e['output'])}'>{e_(stem)}</a>" if e.get("output") else e_(stem)
-        when = "this run" if stem in this_run else e.get("run", "")
-        ptxt = ", ".join(f"{k}={v!r}" for k, v in e["parameters"].items() if k != "results_dir")
-        t = "" if e.get("elapsed_s") is None else f"{e['elapsed_s']:.1f} s"
-        h.append(f"<tr><td>{link}</td><td class='{e_(e['status'])}'>{e_(e['status'])}</td><td>{t}</td>"
-                 f"<td>{e_(str(when))}</td><td>{e_(ptxt)}</td></tr>")
-    h.append("</table><h2>Verdicts</h2>")
-    for stem, lines in verdicts.items():
-        if lines:
-            h.append(f"<h3>{e_(stem)}</h3><ul>" + "".join(f"<li>{e_(v)}</li>" for v in lines) + "</ul>")
-    if not any_verdict:
-        h.append("<p>(no verdict lines)</p>")
-    h.append("<h2>Tables</h2>")
-    for t in tables:
-        links = _file_links(out, "tables", t, _html_link)
-        h.append(f"<details><summary><b>{e_(t)}</b> ({e_(owner.get(('tables', t), 'earlier run'))}) {links}"
-                 "</summary>")
-        try:
-            df = pd.read_csv(out / "tables" / f"{t}.csv", index_col=0)
-            h.append(df.head(60).to_html(float_format=lambda v: f"{v:.4g}", border=0))
-            if len(df) > 60:
-                h.append(f"<p>… {len(df) - 60} more rows in the CSV</p>")
-        except Exception:  # a table that pandas cannot read back is still linked
-            pass
-        h.append("</details>")
-    if not tables:
-        h.append("<p>(none)</p>")
-    h.append("<h2>Figures</h2>")
-    for f in figures:
-        links = _file_links(out, "figures", f, _html_link)
-        h.append(f"<h3>{e_(f)} <small>({e_(owner.get(('figures', f), 'earlier run'))}) {links}</small></h3>")
-        if (out / "figures" / f"{f}.png").exists():
-            h.append(f"<img src='figures/{e_(f)}.png' alt='{e_(f)}'>")
-    if not figures:
-        h.append("<p>(none)</p>")
-    h.append("</body></html>")
-    index_html = write_text_atomic(out / "index.html", "\n".join(h) + "\n")
-    return index_md, index_html
 
 
 # --------------------------------------------------------------------------- command line

@@ -34,7 +34,7 @@ from probelib.store import atomic_write
 __all__ = ["VERDICT_PREFIX", "save_table", "save_figure", "verdict",
            "Notebook", "discover_notebooks", "select_notebooks", "notebook_parameters",
            "parse_parameter_value", "load_parameter_file", "NotebookResult", "SuiteResult", "execute_notebook",
-           "run_suite", "collect_verdicts", "collect_claims", "write_report", "Verdict", "kernel_manager_class", "add_cli"]
+           "CellProgress", "run_suite", "collect_verdicts", "collect_claims", "write_report", "Verdict", "kernel_manager_class", "add_cli"]
 
 
 
@@ -546,19 +546,147 @@ def _first_error(nb_path: Path) -> str | None:
     return None
 
 
+class CellProgress:
+    """Progress lines for one running notebook: the code cell being run and the notebook's latest
+    output line (its own prints and tqdm bars), at most one line every ``interval`` seconds.
+
+    Events (:meth:`cell`, :meth:`output`) arrive from the runner's thread; while used as a context
+    manager, a ticker thread prints a pending line once ``interval`` has passed, so a cell that runs
+    for minutes without output still has its line printed. ``say`` prints one line.
+    """
+
+    _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+    def __init__(self, label: str, say: Callable[[str], None], interval: float = 10.0, width: int = 110):
+        import threading
+
+        self.label, self.say, self.interval, self.width = label, say, float(interval), width
+        self.n_cells = 0
+        self._cell = 0
+        self._line = ""
+        self._t0 = time.monotonic()
+        self._last_print = -math.inf
+        self._dirty = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: Any = None
+
+    def start(self, n_cells: int) -> None:
+        """The notebook about to run has ``n_cells`` code cells (the injected parameters cell included)."""
+        with self._lock:
+            self.n_cells = n_cells
+
+    def cell(self, number: int) -> None:
+        """Code cell ``number`` (1-based) starts; its output line starts empty."""
+        with self._lock:
+            self._cell, self._line, self._dirty = number, "", True
+        self.tick()
+
+    def output(self, text: str) -> None:
+        """A chunk of the notebook's stdout/stderr: its last non-blank line (after ``\\r``) is kept."""
+        pieces = [p.strip() for p in re.split(r"[\r\n]", self._ANSI.sub("", text)) if p.strip()]
+        if not pieces:
+            return
+        line = pieces[-1]
+        line = line if len(line) <= self.width else line[:self.width - 1] + "…"
+        with self._lock:
+            self._line, self._dirty = line, True
+        self.tick()
+
+    def line(self) -> str:
+        """The current progress line, e.g. ``[3/14] 03_chi_square cell 5/12 (0:42) 40%|████ | 4/10``."""
+        elapsed = _fmt_time(time.monotonic() - self._t0)
+        return (f"{self.label} cell {self._cell}/{self.n_cells or '?'} ({elapsed})"
+                + (f" {self._line}" if self._line else ""))
+
+    def tick(self) -> None:
+        """Print the pending line if ``interval`` has passed since the last one."""
+        with self._lock:
+            if not self._dirty or time.monotonic() - self._last_print < self.interval:
+                return
+            self._dirty, self._last_print = False, time.monotonic()
+            text = self.line()
+        self.say(text)
+
+    def __enter__(self) -> "CellProgress":
+        import threading
+
+        def run() -> None:
+            while not self._stop.wait(min(1.0, max(0.05, self.interval / 4))):
+                self.tick()
+
+        self._thread = threading.Thread(target=run, name=f"progress {self.label}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+class _ProgressSink:
+    """The file-like object papermill forwards a notebook's stream outputs to (``stdout_file``)."""
+
+    def __init__(self, progress: CellProgress):
+        self.progress = progress
+
+    def write(self, text: str) -> int:
+        self.progress.output(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+_ENGINE = "probelib-progress"
+
+
+def _register_progress_engine() -> None:
+    """Register the papermill engine that reports each code cell's start to a :class:`CellProgress`."""
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    if _ENGINE in papermill_engines._engines:
+        return
+
+    class ProgressEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, progress: CellProgress | None = None, **kwargs):
+            if progress is not None:
+                code = [i for i, c in enumerate(nb_man.nb.cells) if c.cell_type == "code"]
+                progress.start(len(code))
+                original = nb_man.cell_start
+
+                def cell_start(cell, cell_index=None, **kw):
+                    original(cell, cell_index, **kw)
+                    if cell_index in code:
+                        progress.cell(code.index(cell_index) + 1)
+
+                nb_man.cell_start = cell_start
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    papermill_engines.register(_ENGINE, ProgressEngine)
+
+
 def execute_notebook(notebook: Notebook, output: Path, parameters: Mapping[str, Any], *,
                      cwd: Path, env: Mapping[str, str], progress_bar: bool = False,
-                     execution_timeout: float | None = None) -> None:
+                     execution_timeout: float | None = None, progress: CellProgress | None = None) -> None:
     """Execute ``notebook`` with papermill into ``output``, atomically.
 
     Papermill writes to a temporary file beside ``output``, which is renamed onto ``output`` when
     the run ends, also when a cell fails (the notebook then holds the traceback and papermill's
     ``PapermillExecutionError`` propagates). Any other interruption leaves ``output`` untouched.
+    ``progress`` gets each code cell's start and the notebook's stream outputs as they come.
     """
     import papermill
 
     from probelib.store import writer_temporary
 
+    extra: dict[str, Any] = {}
+    if progress is not None:
+        _register_progress_engine()
+        sink = _ProgressSink(progress)
+        extra = {"engine_name": _ENGINE, "progress": progress, "stdout_file": sink, "stderr_file": sink}
     # the in-progress copy is locked while papermill writes it; dead runs' copies are swept (by host,
     # pid and lock, or by age), never a live run's on another host sharing the folder
     with writer_temporary(output, ".partial.ipynb") as partial:
@@ -566,7 +694,7 @@ def execute_notebook(notebook: Notebook, output: Path, parameters: Mapping[str, 
             papermill.execute_notebook(
                 str(notebook.path), str(partial), parameters=dict(parameters),
                 kernel_name="python3", language="python", cwd=str(cwd), progress_bar=progress_bar,
-                kernel_manager_class=kernel_manager_class(env), execution_timeout=execution_timeout)
+                kernel_manager_class=kernel_manager_class(env), execution_timeout=execution_timeout, **extra)
         except papermill.PapermillExecutionError:
             os.replace(partial, output)
             raise
@@ -590,7 +718,7 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
               out: str | os.PathLike | None = None, fresh: bool = False,
               cwd: str | os.PathLike | None = None, progress_bar: bool | None = None,
               execution_timeout: float | None = None, env: Mapping[str, str] | None = None,
-              keep_going: bool = False, quiet: bool = False) -> SuiteResult:
+              keep_going: bool = False, quiet: bool = False, progress_every: float = 10.0) -> SuiteResult:
     """Run the ordered notebooks with papermill and write the results report.
 
     ``dataset`` goes to notebooks that declare a ``dataset`` parameter (None keeps each
@@ -604,6 +732,9 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
     where the kernels run, so a relative ``precomputed/`` store lands in the project root.
     ``env`` adds variables to the kernels' environment (e.g. ``PROBELIB_PRECOMPUTED``);
     ``keep_going`` runs the remaining notebooks after a failure (the result still fails).
+    Unless ``quiet``, each notebook's progress is printed while it runs (:class:`CellProgress`: the
+    code cell being run and the notebook's latest output line, at most one line every
+    ``progress_every`` seconds); ``progress_bar`` (default off) is papermill's own cell bar instead.
     """
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     # ---- check everything before writing anything
@@ -642,7 +773,9 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
     check_writable_dir(store_root, "the artifact store", "make it writable, or point PROBELIB_PRECOMPUTED at "
                        "a writable folder")
     if progress_bar is None:
-        progress_bar = sys.stderr.isatty() and not quiet
+        progress_bar = False
+    if not (isinstance(progress_every, (int, float)) and math.isfinite(progress_every) and progress_every >= 0):
+        raise ValueError(f"progress_every must be a finite number of seconds >= 0, got {progress_every!r}")
 
     started = time.time()
     env = {**_kernel_env(started if fresh else None), **dict(env or {})}
@@ -668,9 +801,15 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
         before = _snapshot(out)
         t0 = time.time()
         output = out / "notebooks" / nb.path.name
+        progress = None if quiet or progress_bar else CellProgress(f"[{i}/{n}] {nb.stem}", say, progress_every)
         try:
-            execute_notebook(nb, output, res.parameters, cwd=cwd, env=env, progress_bar=progress_bar,
-                             execution_timeout=execution_timeout)
+            if progress is None:
+                execute_notebook(nb, output, res.parameters, cwd=cwd, env=env, progress_bar=progress_bar,
+                                 execution_timeout=execution_timeout)
+            else:
+                with progress:
+                    execute_notebook(nb, output, res.parameters, cwd=cwd, env=env, progress_bar=progress_bar,
+                                     execution_timeout=execution_timeout, progress=progress)
             res.status = "ok"
         except Exception as err:  # papermill's execution error, a dead kernel, a timeout
             res.status = "failed"
@@ -749,7 +888,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         result = run_suite(notebooks_dir=args.notebooks, dataset=args.dataset, only=args.only,
                            skip=args.skip, parameters=overrides, smoke=args.smoke, out=args.out,
-                           fresh=args.fresh, execution_timeout=args.timeout, keep_going=args.keep_going)
+                           fresh=args.fresh, execution_timeout=args.timeout, keep_going=args.keep_going,
+                           progress_every=args.progress_every)
     except OSError as err:  # a full disk, a folder that became read-only: one line, no traceback
         if isinstance(err, FileNotFoundError) and err.filename is None:
             raise
@@ -790,5 +930,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="after a failing notebook, run the rest anyway (the exit status still says it failed)")
     p.add_argument("--notebooks", help="folder of NN_name.ipynb notebooks (default: the project's notebooks/)")
     p.add_argument("--timeout", type=float, default=None, help="per-cell time limit in seconds (default: none)")
+    p.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
+                   help="while a notebook runs, print its current cell and latest output line at most this "
+                        "often (default: 10; 0: every cell and output)")
     p.add_argument("--list", action="store_true", help="list the selected notebooks and their parameters, run nothing")
     p.set_defaults(func=_cmd_run)

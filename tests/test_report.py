@@ -151,7 +151,8 @@ def test_run_prints_progress_inside_a_notebook(tmp_path, capsys):
                              new_code_cell("import sys, time\nprint('loading the model')\nfor i in range(3):\n"
                                            "    print(f'batch {i + 1}/3', file=sys.stderr, flush=True)\n"
                                            "    time.sleep(0.2)\n"),
-                             new_code_cell("print('scored', 42)")])
+                             new_code_cell("from probelib.suite import verdict\nprint('scored', 42)\n"
+                                           "verdict('tiny: YES', claim='tiny claim', paper='YES', result='YES', p=0.5)")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, folder / "01_tiny.ipynb")
     result = run_suite(notebooks_dir=folder, out=tmp_path / "res", smoke=True, progress_every=0)
@@ -160,5 +161,7 @@ def test_run_prints_progress_inside_a_notebook(tmp_path, capsys):
     progress = [ln for ln in printed if ln.startswith("[1/1] 01_tiny cell ")]
     # 4 code cells: the parameters cell, the two of the notebook and papermill's injected parameters
     assert {ln.split(" (")[0] for ln in progress} == {f"[1/1] 01_tiny cell {k}/4" for k in (1, 2, 3, 4)}
-    assert any(ln.endswith("batch 3/3") for ln in progress) and any(ln.endswith("scored 42") for ln in progress)
+    assert any(ln.endswith("batch 3/3") for ln in progress) and any(ln.endswith("VERDICT: tiny: YES") for ln in progress)
     assert printed.index(progress[-1]) < printed.index(next(ln for ln in printed if "01_tiny ok in" in ln))
+    # the structured verdict went through a real kernel into the claim table
+    assert "| tiny claim | YES | YES | 0.500 | 01_tiny |" in result.index_md.read_text()

@@ -105,15 +105,24 @@ def _fmt_p(p: Any) -> str:
 
 
 def claim_rows(claims: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, str]]:
-    """The claim table's rows, notebook by notebook: claim, paper's direction, this run's result,
-    p-value (``"—"`` when missing), the notebook, and whether the result agrees with the paper."""
-    rows = []
+    """The claim table's rows, in notebook order: claim, paper's direction, this run's result,
+    p-value (``"—"`` when missing), the notebook(s), and whether the result agrees with the paper.
+
+    A claim that several notebooks tested with the same result and p-value (e.g. NCG above chance,
+    in notebooks 00 and 01) is one row naming both notebooks."""
+    rows: dict[tuple[str, str, str, str], dict[str, str]] = {}
     for stem, recs in claims.items():
         for r in recs:
-            rows.append({"claim": str(r["claim"]), "paper": str(r["paper"]), "result": str(r["result"]),
-                         "p": _fmt_p(r.get("p")), "notebook": stem,
-                         "agrees": "agrees" if str(r["result"]) == str(r["paper"]) else "differs"})
-    return rows
+            row = {"claim": str(r["claim"]), "paper": str(r["paper"]), "result": str(r["result"]),
+                   "p": _fmt_p(r.get("p")), "notebook": stem,
+                   "agrees": "agrees" if str(r["result"]) == str(r["paper"]) else "differs"}
+            key = (row["claim"], row["paper"], row["result"], row["p"])
+            if key in rows:
+                if stem not in rows[key]["notebook"].split(", "):
+                    rows[key]["notebook"] += f", {stem}"
+            else:
+                rows[key] = row
+    return list(rows.values())
 
 
 def _load_manifest(out: Path) -> dict[str, Any]:

@@ -98,6 +98,9 @@ def test_no_claims_and_no_invented_p(tmp_path):
     assert "(no claim was tested" in md and "plain: YES" in md
     assert R.claim_rows({"01_x": [{"claim": "c", "paper": "YES", "result": "NO", "p": None}]})[0]["p"] == "—"
     assert R.claim_rows({"01_x": [{"claim": "c", "paper": "YES", "result": "NO", "p": float("nan")}]})[0]["p"] == "—"
+    same = {"claim": "NCG above chance (pixel)", "paper": "YES", "result": "YES", "p": 1e-5}
+    rows = R.claim_rows({"00_a": [same], "01_b": [same, {**same, "p": 0.2}]})  # one claim, two notebooks
+    assert [(r["notebook"], r["p"]) for r in rows] == [("00_a, 01_b", "1e-05"), ("01_b", "0.200")]
 
 
 def test_verdict_values_are_checked_and_the_line_unchanged(capsys):

@@ -4,8 +4,9 @@ Notebooks live in ``notebooks/`` as ``NN_name.ipynb`` and run in the order of ``
 :func:`run_suite` (``python -m probelib run``) executes them with papermill in a kernel of the
 current interpreter, writes each executed notebook atomically to ``<out>/notebooks/``, stops at
 the first failing cell (keeping that notebook with its traceback), and writes ``<out>/index.md``
-and ``<out>/index.html``: every executed notebook, table, figure and verdict line, with the
-parameters and the probelib version used.
+and ``<out>/index.html`` (:mod:`probelib.report`): the claim table, every executed notebook, table,
+figure and verdict line, with the parameters and the probelib version used. While a notebook runs,
+its current cell and latest output line are printed (:class:`CellProgress`).
 """
 
 from __future__ import annotations
@@ -594,7 +595,8 @@ class CellProgress:
         self.tick()
 
     def line(self) -> str:
-        """The current progress line, e.g. ``[3/14] 03_chi_square cell 5/12 (0:42) 40%|████ | 4/10``."""
+        """The current progress line, e.g. ``[3/14] 03_chi_square cell 5/12 (0:42) 40%|████ | 4/10``: the
+        cell being run, the time since the notebook started, the notebook's latest output line."""
         elapsed = _fmt_time(time.monotonic() - self._t0)
         return (f"{self.label} cell {self._cell}/{self.n_cells or '?'} ({elapsed})"
                 + (f" {self._line}" if self._line else ""))

@@ -498,20 +498,32 @@ def suite_inputs(dataset: str, methods: Sequence[str], eps: float = 2.0, *, spac
 
 
 def compare_verdict(table: pd.DataFrame, method: str, space: str, dataset: str, natural: str = "natural") -> str:
-    """Verdict text: does ``method``'s NCG beat natural's (with McNemar's p on the same points)?"""
+    """Verdict text: does ``method``'s NCG beat natural's (with McNemar's p on the same points)?
+
+    For a robust method (TRADES, AT) it is a :class:`~probelib.report.Verdict` for the report's claim
+    table (the paper's direction: YES); for any other method a plain line."""
     r, n = table.loc[method], table.loc[natural]
     yes = "YES" if r["ncg"] > n["ncg"] else "NO"
     robust = method.split("(")[0].lower() in ROBUST_METHODS
-    return (f"{'robust' if robust else method} > natural NCG ({space}, {method}, {dataset}): {yes} "
-            f"({r['ncg']:.3f} vs {n['ncg']:.3f}; McNemar p={r['mcnemar_p']:.3g})")
+    claim = f"{'robust' if robust else method} > natural NCG ({space}, {method}, {dataset})"
+    text = f"{claim}: {yes} ({r['ncg']:.3f} vs {n['ncg']:.3f}; McNemar p={r['mcnemar_p']:.3g})"
+    if not robust:
+        return text
+    from probelib.report import Verdict
+    return Verdict(text, claim=f"{method} > natural NCG ({space}, {dataset})", paper="YES", result=yes,
+                   p=r["mcnemar_p"])
 
 
 def chance_verdict(ood_pred, nn_label, num_classes: int, what: str) -> str:
-    """Verdict text: is NCG above the 1/C chance rate (χ² goodness-of-fit, p < 0.05)?"""
+    """Verdict (:class:`~probelib.report.Verdict`): is NCG above the 1/C chance rate (χ² goodness-of-fit,
+    p < 0.05)? The paper's direction is YES."""
+    from probelib.report import Verdict
+
     res = chi_square_vs_chance(np.asarray(ood_pred) == np.asarray(nn_label), num_classes)
     yes = "YES" if res["ncg"] > res["chance"] and res["p"] < 0.05 else "NO"
-    return (f"NCG above chance ({what}): {yes} ({res['ncg']:.3f} vs 1/{num_classes}={res['chance']:.3f}; "
+    text = (f"NCG above chance ({what}): {yes} ({res['ncg']:.3f} vs 1/{num_classes}={res['chance']:.3f}; "
             f"χ²={res['chi2']:.1f}, p={res['p']:.3g})")
+    return Verdict(text, claim=f"NCG above chance ({what})", paper="YES", result=yes, p=res["p"])
 
 
 def stack_tables(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:

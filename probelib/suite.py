@@ -4,15 +4,15 @@ Notebooks live in ``notebooks/`` as ``NN_name.ipynb`` and run in the order of ``
 :func:`run_suite` (``python -m probelib run``) executes them with papermill in a kernel of the
 current interpreter, writes each executed notebook atomically to ``<out>/notebooks/``, stops at
 the first failing cell (keeping that notebook with its traceback), and writes ``<out>/index.md``
-and ``<out>/index.html``: every executed notebook, table, figure and verdict line, with the
-parameters and the probelib version used.
+and ``<out>/index.html`` (:mod:`probelib.report`): the claim table, every executed notebook, table,
+figure and verdict line, with the parameters and the probelib version used. While a notebook runs,
+its current cell and latest output line are printed (:class:`CellProgress`).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import html
 import json
 import math
 import os
@@ -28,14 +28,15 @@ from typing import Any
 import pandas as pd
 
 from probelib._util import check_name, unknown_name
-from probelib.store import atomic_write, write_text_atomic
+from probelib.report import (VERDICT_MIME, VERDICT_PREFIX, Verdict, _fmt_time, _load_manifest, _md_escape,  # noqa: F401
+                             _snapshot, _stems, _version, collect_claims, collect_verdicts, write_report)
+from probelib.store import atomic_write
 
 __all__ = ["VERDICT_PREFIX", "save_table", "save_figure", "verdict",
            "Notebook", "discover_notebooks", "select_notebooks", "notebook_parameters",
            "parse_parameter_value", "load_parameter_file", "NotebookResult", "SuiteResult", "execute_notebook",
-           "run_suite", "collect_verdicts", "write_report", "kernel_manager_class", "add_cli"]
+           "CellProgress", "run_suite", "collect_verdicts", "collect_claims", "write_report", "Verdict", "kernel_manager_class", "add_cli"]
 
-VERDICT_PREFIX = "VERDICT: "
 
 
 def _results_folder(results_dir: str | os.PathLike) -> Path:
@@ -70,11 +71,40 @@ def save_figure(fig, name: str, results_dir: str | os.PathLike, dpi: int = 150) 
     return png
 
 
-def verdict(text: str) -> str:
-    """Print one verdict line (collected into the results report) and return it."""
-    line = VERDICT_PREFIX + text
+def verdict(text: str, *, claim: str | None = None, paper: str | None = None, result: str | None = None,
+            p: float | None = None) -> str:
+    """Print one verdict line (collected into the results report) and return it.
+
+    With ``claim``, ``paper`` and ``result`` (or when ``text`` is a :class:`~probelib.report.Verdict`
+    carrying them), the verdict also enters the report's claim table: in a kernel it is displayed
+    as :data:`~probelib.report.VERDICT_MIME` data (front-ends show nothing for it). ``p`` is the
+    test's p-value, None when it has none. The printed line is the same either way.
+    """
+    if claim is not None or paper is not None or result is not None:
+        if claim is None or paper is None or result is None:
+            raise ValueError("a structured verdict needs claim, paper and result together")
+        text = Verdict(str(text), claim=claim, paper=paper, result=result, p=p)
+    elif p is not None:
+        raise ValueError("p is given only with claim, paper and result")
+    line = VERDICT_PREFIX + str(text)
     print(line, flush=True)
+    if isinstance(text, Verdict):
+        _display_claim(text)
     return line
+
+
+def _display_claim(v: Verdict) -> None:
+    """Send ``v``'s record as display data when running in an IPython kernel; else do nothing."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with ipykernel
+        return
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "kernel"):
+        return
+    from IPython.display import display
+
+    display({VERDICT_MIME: v.record(), "text/plain": ""}, raw=True)
 
 
 # --------------------------------------------------------------------------- the notebook list
@@ -503,26 +533,6 @@ class SuiteResult:
         return next((r for r in self.results if r.status == "failed"), None)
 
 
-def _snapshot(out: Path) -> dict[str, int]:
-    snap = {}
-    for sub in ("tables", "figures"):
-        folder = out / sub
-        if folder.is_dir():
-            for p in folder.iterdir():
-                if p.is_file() and not p.name.startswith("."):
-                    snap[f"{sub}/{p.name}"] = p.stat().st_mtime_ns
-    return snap
-
-
-def _stems(paths: Iterable[str], sub: str) -> list[str]:
-    return sorted({Path(p).stem for p in paths if p.startswith(sub + "/")})
-
-
-def _fmt_time(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60:d}:{seconds % 60:02d}"
-
-
 def _first_error(nb_path: Path) -> str | None:
     import nbformat
 
@@ -537,19 +547,148 @@ def _first_error(nb_path: Path) -> str | None:
     return None
 
 
+class CellProgress:
+    """Progress lines for one running notebook: the code cell being run and the notebook's latest
+    output line (its own prints and tqdm bars), at most one line every ``interval`` seconds.
+
+    Events (:meth:`cell`, :meth:`output`) arrive from the runner's thread; while used as a context
+    manager, a ticker thread prints a pending line once ``interval`` has passed, so a cell that runs
+    for minutes without output still has its line printed. ``say`` prints one line.
+    """
+
+    _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+    def __init__(self, label: str, say: Callable[[str], None], interval: float = 10.0, width: int = 110):
+        import threading
+
+        self.label, self.say, self.interval, self.width = label, say, float(interval), width
+        self.n_cells = 0
+        self._cell = 0
+        self._line = ""
+        self._t0 = time.monotonic()
+        self._last_print = -math.inf
+        self._dirty = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: Any = None
+
+    def start(self, n_cells: int) -> None:
+        """The notebook about to run has ``n_cells`` code cells (the injected parameters cell included)."""
+        with self._lock:
+            self.n_cells = n_cells
+
+    def cell(self, number: int) -> None:
+        """Code cell ``number`` (1-based) starts; its output line starts empty."""
+        with self._lock:
+            self._cell, self._line, self._dirty = number, "", True
+        self.tick()
+
+    def output(self, text: str) -> None:
+        """A chunk of the notebook's stdout/stderr: its last non-blank line (after ``\\r``) is kept."""
+        pieces = [p.strip() for p in re.split(r"[\r\n]", self._ANSI.sub("", text)) if p.strip()]
+        if not pieces:
+            return
+        line = pieces[-1]
+        line = line if len(line) <= self.width else line[:self.width - 1] + "…"
+        with self._lock:
+            self._line, self._dirty = line, True
+        self.tick()
+
+    def line(self) -> str:
+        """The current progress line, e.g. ``[3/14] 03_chi_square cell 5/12 (0:42) 40%|████ | 4/10``: the
+        cell being run, the time since the notebook started, the notebook's latest output line."""
+        elapsed = _fmt_time(time.monotonic() - self._t0)
+        return (f"{self.label} cell {self._cell}/{self.n_cells or '?'} ({elapsed})"
+                + (f" {self._line}" if self._line else ""))
+
+    def tick(self) -> None:
+        """Print the pending line if ``interval`` has passed since the last one."""
+        with self._lock:
+            if not self._dirty or time.monotonic() - self._last_print < self.interval:
+                return
+            self._dirty, self._last_print = False, time.monotonic()
+            text = self.line()
+        self.say(text)
+
+    def __enter__(self) -> "CellProgress":
+        import threading
+
+        def run() -> None:
+            while not self._stop.wait(min(1.0, max(0.05, self.interval / 4))):
+                self.tick()
+
+        self._thread = threading.Thread(target=run, name=f"progress {self.label}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+class _ProgressSink:
+    """The file-like object papermill forwards a notebook's stream outputs to (``stdout_file``)."""
+
+    def __init__(self, progress: CellProgress):
+        self.progress = progress
+
+    def write(self, text: str) -> int:
+        self.progress.output(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+_ENGINE = "probelib-progress"
+
+
+def _register_progress_engine() -> None:
+    """Register the papermill engine that reports each code cell's start to a :class:`CellProgress`."""
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    if _ENGINE in papermill_engines._engines:
+        return
+
+    class ProgressEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, progress: CellProgress | None = None, **kwargs):
+            if progress is not None:
+                code = [i for i, c in enumerate(nb_man.nb.cells) if c.cell_type == "code"]
+                progress.start(len(code))
+                original = nb_man.cell_start
+
+                def cell_start(cell, cell_index=None, **kw):
+                    original(cell, cell_index, **kw)
+                    if cell_index in code:
+                        progress.cell(code.index(cell_index) + 1)
+
+                nb_man.cell_start = cell_start
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    papermill_engines.register(_ENGINE, ProgressEngine)
+
+
 def execute_notebook(notebook: Notebook, output: Path, parameters: Mapping[str, Any], *,
                      cwd: Path, env: Mapping[str, str], progress_bar: bool = False,
-                     execution_timeout: float | None = None) -> None:
+                     execution_timeout: float | None = None, progress: CellProgress | None = None) -> None:
     """Execute ``notebook`` with papermill into ``output``, atomically.
 
     Papermill writes to a temporary file beside ``output``, which is renamed onto ``output`` when
     the run ends, also when a cell fails (the notebook then holds the traceback and papermill's
     ``PapermillExecutionError`` propagates). Any other interruption leaves ``output`` untouched.
+    ``progress`` gets each code cell's start and the notebook's stream outputs as they come.
     """
     import papermill
 
     from probelib.store import writer_temporary
 
+    extra: dict[str, Any] = {}
+    if progress is not None:
+        _register_progress_engine()
+        sink = _ProgressSink(progress)
+        extra = {"engine_name": _ENGINE, "progress": progress, "stdout_file": sink, "stderr_file": sink}
     # the in-progress copy is locked while papermill writes it; dead runs' copies are swept (by host,
     # pid and lock, or by age), never a live run's on another host sharing the folder
     with writer_temporary(output, ".partial.ipynb") as partial:
@@ -557,7 +696,7 @@ def execute_notebook(notebook: Notebook, output: Path, parameters: Mapping[str, 
             papermill.execute_notebook(
                 str(notebook.path), str(partial), parameters=dict(parameters),
                 kernel_name="python3", language="python", cwd=str(cwd), progress_bar=progress_bar,
-                kernel_manager_class=kernel_manager_class(env), execution_timeout=execution_timeout)
+                kernel_manager_class=kernel_manager_class(env), execution_timeout=execution_timeout, **extra)
         except papermill.PapermillExecutionError:
             os.replace(partial, output)
             raise
@@ -581,7 +720,7 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
               out: str | os.PathLike | None = None, fresh: bool = False,
               cwd: str | os.PathLike | None = None, progress_bar: bool | None = None,
               execution_timeout: float | None = None, env: Mapping[str, str] | None = None,
-              keep_going: bool = False, quiet: bool = False) -> SuiteResult:
+              keep_going: bool = False, quiet: bool = False, progress_every: float = 10.0) -> SuiteResult:
     """Run the ordered notebooks with papermill and write the results report.
 
     ``dataset`` goes to notebooks that declare a ``dataset`` parameter (None keeps each
@@ -595,6 +734,9 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
     where the kernels run, so a relative ``precomputed/`` store lands in the project root.
     ``env`` adds variables to the kernels' environment (e.g. ``PROBELIB_PRECOMPUTED``);
     ``keep_going`` runs the remaining notebooks after a failure (the result still fails).
+    Unless ``quiet``, each notebook's progress is printed while it runs (:class:`CellProgress`: the
+    code cell being run and the notebook's latest output line, at most one line every
+    ``progress_every`` seconds); ``progress_bar`` (default off) is papermill's own cell bar instead.
     """
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     # ---- check everything before writing anything
@@ -633,7 +775,9 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
     check_writable_dir(store_root, "the artifact store", "make it writable, or point PROBELIB_PRECOMPUTED at "
                        "a writable folder")
     if progress_bar is None:
-        progress_bar = sys.stderr.isatty() and not quiet
+        progress_bar = False
+    if not (isinstance(progress_every, (int, float)) and math.isfinite(progress_every) and progress_every >= 0):
+        raise ValueError(f"progress_every must be a finite number of seconds >= 0, got {progress_every!r}")
 
     started = time.time()
     env = {**_kernel_env(started if fresh else None), **dict(env or {})}
@@ -659,9 +803,15 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
         before = _snapshot(out)
         t0 = time.time()
         output = out / "notebooks" / nb.path.name
+        progress = None if quiet or progress_bar else CellProgress(f"[{i}/{n}] {nb.stem}", say, progress_every)
         try:
-            execute_notebook(nb, output, res.parameters, cwd=cwd, env=env, progress_bar=progress_bar,
-                             execution_timeout=execution_timeout)
+            if progress is None:
+                execute_notebook(nb, output, res.parameters, cwd=cwd, env=env, progress_bar=progress_bar,
+                                 execution_timeout=execution_timeout)
+            else:
+                with progress:
+                    execute_notebook(nb, output, res.parameters, cwd=cwd, env=env, progress_bar=progress_bar,
+                                     execution_timeout=execution_timeout, progress=progress)
             res.status = "ok"
         except Exception as err:  # papermill's execution error, a dead kernel, a timeout
             res.status = "failed"
@@ -722,217 +872,6 @@ def _from_cli() -> bool:
     return len(sys.argv) > 1 and sys.argv[1] == "run"
 
 
-def _version() -> str:
-    from probelib import __version__
-
-    return __version__
-
-
-# --------------------------------------------------------------------------- the report
-
-def collect_verdicts(notebook_path: str | os.PathLike) -> list[str]:
-    """The verdict lines (``VERDICT: ...``, prefix removed) printed in an executed notebook's streams."""
-    import nbformat
-
-    nb = nbformat.read(str(notebook_path), as_version=4)
-    lines = []
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "stream":
-                text = out.get("text", "")
-                text = "".join(text) if isinstance(text, list) else text
-                lines += [ln[len(VERDICT_PREFIX):].strip() for ln in text.splitlines()
-                          if ln.startswith(VERDICT_PREFIX)]
-    return lines
-
-
-_MANIFEST = "suite.json"
-
-
-def _load_manifest(out: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((out / _MANIFEST).read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-_FILE_TYPES = {"tables": (".csv", ".tex"), "figures": (".png", ".pdf")}
-
-
-def _md_link(href: str, label: str) -> str:
-    return f"[{label}]({href})"
-
-
-def _html_link(href: str, label: str) -> str:
-    return f"<a href='{html.escape(href)}'>{label}</a>"
-
-
-def _file_links(out: Path, kind: str, name: str, link: Callable[[str, str], str]) -> str:
-    """Links (`` · ``-joined, ``link(href, label)``) to the files of table or figure ``name`` that
-    exist under ``out/<kind>``."""
-    return " · ".join(link(f"{kind}/{name}{ext}", ext.strip(".").upper())
-                      for ext in _FILE_TYPES[kind] if (out / kind / f"{name}{ext}").exists())
-
-
-def write_report(out: str | os.PathLike, results: Sequence[NotebookResult],
-                 run_info: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Write ``<out>/index.md`` and ``<out>/index.html`` (and the ``suite.json`` manifest they come from).
-
-    Notebooks executed by earlier runs into the same folder stay listed (marked with their run
-    time), so a partial re-run (``--only``) keeps a complete report.
-    """
-    out = Path(out)
-    manifest = _load_manifest(out)
-    entries: dict[str, dict[str, Any]] = manifest.get("notebooks", {})
-    for r in results:
-        if r.status == "not run":
-            continue
-        entries[r.notebook.stem] = {
-            "number": r.notebook.number, "status": r.status, "run": run_info["started"],
-            "elapsed_s": None if r.elapsed_s is None else round(r.elapsed_s, 1),
-            "output": None if r.output is None else r.output.relative_to(out).as_posix(),
-            "parameters": {k: v for k, v in r.parameters.items()},
-            "tables": r.tables, "figures": r.figures, "error": r.error}
-    # notebooks selected but not reached in this run
-    pending = [r.notebook.stem for r in results if r.status == "not run"]
-    manifest = {"probelib_version": _version(), "python": platform.python_version(),
-                "last_run": dict(run_info), "notebooks": dict(sorted(entries.items()))}
-    write_text_atomic(out / _MANIFEST, json.dumps(manifest, indent=1, default=str))
-
-    tables = _stems(_snapshot(out), "tables")
-    figures = _stems(_snapshot(out), "figures")
-    owner: dict[tuple[str, str], str] = {}
-    for stem, e in entries.items():
-        for t in e.get("tables", []):
-            owner[("tables", t)] = stem
-        for f in e.get("figures", []):
-            owner[("figures", f)] = stem
-    verdicts = {}
-    for stem, e in entries.items():
-        if e.get("output") and (out / e["output"]).exists():
-            try:
-                verdicts[stem] = list(dict.fromkeys(collect_verdicts(out / e["output"])))  # each verdict once
-            except Exception:  # an unreadable notebook is listed without verdicts
-                verdicts[stem] = []
-
-    this_run = {r.notebook.stem for r in results if r.status != "not run"}
-    title = f"probelib results — {out.name}"
-    head = [f"probelib {_version()} · Python {platform.python_version()} · run started "
-            f"{run_info['started']} · {_fmt_time(run_info['elapsed_s'])} (m:ss)"]
-    if run_info.get("command"):
-        head.append(f"Command: `{run_info['command']}`")
-    params = {"dataset": run_info["dataset"] if run_info["dataset"] is not None else "(each notebook's default)",
-              "smoke": run_info["smoke"], "fresh": run_info["fresh"], "results_dir": str(out),
-              **{f"-p {k}": v for k, v in run_info["overrides"].items()}}
-    failed = [r.notebook.stem for r in results if r.status == "failed"]
-
-    # ---- markdown
-    md = [f"# {title}", "", *[h + "  " for h in head], ""]
-    for stem in failed:
-        e = entries[stem]
-        where = (f"its executed notebook keeps the traceback: [{e['output']}]({e['output']})" if e.get("output")
-                 else "no executed notebook was written")
-        md += [f"**FAILED: {stem}** — {_md_escape(e['error'])}; {where}", ""]
-    if pending:
-        md += ["Not run (after the failure): " + ", ".join(pending), ""]
-    md += ["## Parameters", "", "| parameter | value |", "|---|---|"]
-    md += [f"| {_md_escape(k)} | `{_md_escape(repr(v))}` |" for k, v in params.items()]
-    md += ["", "## Notebooks", "", "| notebook | status | time | run | parameters passed |", "|---|---|---|---|---|"]
-    for stem, e in entries.items():
-        link = f"[{stem}]({e['output']})" if e.get("output") else stem
-        when = "this run" if stem in this_run else e.get("run", "")
-        ptxt = ", ".join(f"{k}={v!r}" for k, v in e["parameters"].items() if k != "results_dir")
-        t = "" if e.get("elapsed_s") is None else f"{e['elapsed_s']:.1f} s"
-        md.append(f"| {link} | {e['status']} | {t} | {when} | {_md_escape(ptxt)} |")
-    md += ["", "## Verdicts", ""]
-    any_verdict = False
-    for stem, lines in verdicts.items():
-        if lines:
-            any_verdict = True
-            md += [f"**{stem}**", ""] + [f"- {_md_escape(v)}" for v in lines] + [""]
-    if not any_verdict:
-        md += ["(no verdict lines)", ""]
-    md += ["## Tables", "", "| table | notebook | files |", "|---|---|---|"]
-    for t in tables:
-        files = _file_links(out, "tables", t, _md_link)
-        md.append(f"| {t} | {owner.get(('tables', t), '(earlier run)')} | {files} |")
-    if not tables:
-        md.append("| (none) | | |")
-    md += ["", "## Figures", ""]
-    for f in figures:
-        files = _file_links(out, "figures", f, _md_link)
-        md += [f"### {f} ({owner.get(('figures', f), 'earlier run')})", ""]
-        if (out / "figures" / f"{f}.png").exists():
-            md += [f"![{f}](figures/{f}.png)", ""]
-        md += [files, ""]
-    if not figures:
-        md += ["(none)", ""]
-    index_md = write_text_atomic(out / "index.md", "\n".join(md) + "\n")
-
-    # ---- HTML
-    e_ = html.escape
-    h = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{e_(title)}</title>",
-         "<style>body{font-family:sans-serif;max-width:72em;margin:2em auto;padding:0 1em}"
-         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .5em;"
-         "text-align:left}img{max-width:100%}.failed{color:#b00;font-weight:bold}.ok{color:#070}"
-         "details{margin:.3em 0}</style></head><body>", f"<h1>{e_(title)}</h1>"]
-    h += [f"<p>{e_(x.replace('`', ''))}</p>" for x in head]
-    for stem in failed:
-        e0 = entries[stem]
-        h.append(f"<p class='failed'>FAILED: {e_(stem)} — {e_(str(e0['error']))}; its executed notebook "
-                 f"keeps the traceback: <a href='{e_(e0['output'] or '')}'>{e_(e0['output'] or '')}</a></p>")
-    if pending:
-        h.append(f"<p>Not run (after the failure): {e_(', '.join(pending))}</p>")
-    h += ["<h2>Parameters</h2><table><tr><th>parameter</th><th>value</th></tr>"]
-    h += [f"<tr><td>{e_(k)}</td><td><code>{e_(repr(v))}</code></td></tr>" for k, v in params.items()]
-    h += ["</table><h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>time</th>"
-          "<th>run</th><th>parameters passed</th></tr>"]
-    for stem, e in entries.items():
-        link = f"<a href='{e_(e['output'])}'>{e_(stem)}</a>" if e.get("output") else e_(stem)
-        when = "this run" if stem in this_run else e.get("run", "")
-        ptxt = ", ".join(f"{k}={v!r}" for k, v in e["parameters"].items() if k != "results_dir")
-        t = "" if e.get("elapsed_s") is None else f"{e['elapsed_s']:.1f} s"
-        h.append(f"<tr><td>{link}</td><td class='{e_(e['status'])}'>{e_(e['status'])}</td><td>{t}</td>"
-                 f"<td>{e_(str(when))}</td><td>{e_(ptxt)}</td></tr>")
-    h.append("</table><h2>Verdicts</h2>")
-    for stem, lines in verdicts.items():
-        if lines:
-            h.append(f"<h3>{e_(stem)}</h3><ul>" + "".join(f"<li>{e_(v)}</li>" for v in lines) + "</ul>")
-    if not any_verdict:
-        h.append("<p>(no verdict lines)</p>")
-    h.append("<h2>Tables</h2>")
-    for t in tables:
-        links = _file_links(out, "tables", t, _html_link)
-        h.append(f"<details><summary><b>{e_(t)}</b> ({e_(owner.get(('tables', t), 'earlier run'))}) {links}"
-                 "</summary>")
-        try:
-            df = pd.read_csv(out / "tables" / f"{t}.csv", index_col=0)
-            h.append(df.head(60).to_html(float_format=lambda v: f"{v:.4g}", border=0))
-            if len(df) > 60:
-                h.append(f"<p>… {len(df) - 60} more rows in the CSV</p>")
-        except Exception:  # a table that pandas cannot read back is still linked
-            pass
-        h.append("</details>")
-    if not tables:
-        h.append("<p>(none)</p>")
-    h.append("<h2>Figures</h2>")
-    for f in figures:
-        links = _file_links(out, "figures", f, _html_link)
-        h.append(f"<h3>{e_(f)} <small>({e_(owner.get(('figures', f), 'earlier run'))}) {links}</small></h3>")
-        if (out / "figures" / f"{f}.png").exists():
-            h.append(f"<img src='figures/{e_(f)}.png' alt='{e_(f)}'>")
-    if not figures:
-        h.append("<p>(none)</p>")
-    h.append("</body></html>")
-    index_html = write_text_atomic(out / "index.html", "\n".join(h) + "\n")
-    return index_md, index_html
-
-
 # --------------------------------------------------------------------------- command line
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -951,7 +890,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         result = run_suite(notebooks_dir=args.notebooks, dataset=args.dataset, only=args.only,
                            skip=args.skip, parameters=overrides, smoke=args.smoke, out=args.out,
-                           fresh=args.fresh, execution_timeout=args.timeout, keep_going=args.keep_going)
+                           fresh=args.fresh, execution_timeout=args.timeout, keep_going=args.keep_going,
+                           progress_every=args.progress_every)
     except OSError as err:  # a full disk, a folder that became read-only: one line, no traceback
         if isinstance(err, FileNotFoundError) and err.filename is None:
             raise
@@ -992,5 +932,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="after a failing notebook, run the rest anyway (the exit status still says it failed)")
     p.add_argument("--notebooks", help="folder of NN_name.ipynb notebooks (default: the project's notebooks/)")
     p.add_argument("--timeout", type=float, default=None, help="per-cell time limit in seconds (default: none)")
+    p.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
+                   help="while a notebook runs, print its current cell and latest output line at most this "
+                        "often (default: 10; 0: every cell and output)")
     p.add_argument("--list", action="store_true", help="list the selected notebooks and their parameters, run nothing")
     p.set_defaults(func=_cmd_run)

@@ -43,6 +43,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from probelib._util import check_images_or_features, check_labels, default_device
 from probelib.metrics import _model_device, _to_float_images, iter_image_batches
+from probelib.report import Verdict
 
 if TYPE_CHECKING:  # probelib.tent imports this module
     from probelib.tent import TentSettings
@@ -902,10 +903,12 @@ def grid_verdicts(grid: pd.DataFrame, alpha: float = 0.05) -> list[str]:
         up, down = _significant(sel, alpha)
         verdict = ("NOT SIGNIFICANT" if not up and not down
                    else "YES" if g > 0 and len(up) > len(down) else "NO")
-        lines.append(f"AdaBN helps on {group} ({arm} vs source, momentum {label}): {verdict} (mean accuracy "
-                     f"gain {g:+.3f} over {len(sel)} corruption{'s' * (len(sel) != 1)}; significant gain on {len(up)}/{len(sel)}"
-                     f"{_named(up)}; significant loss on {len(down)}{_named(down)}; McNemar p < {alpha}, "
-                     f"severities pooled)")
+        lines.append(Verdict(
+            f"AdaBN helps on {group} ({arm} vs source, momentum {label}): {verdict} (mean accuracy "
+            f"gain {g:+.3f} over {len(sel)} corruption{'s' * (len(sel) != 1)}; significant gain on {len(up)}/{len(sel)}"
+            f"{_named(up)}; significant loss on {len(down)}{_named(down)}; McNemar p < {alpha}, severities pooled)",
+            claim=f"AdaBN helps on {group} corruptions ({arm} vs source, momentum {label})", paper="YES",
+            result=verdict, p=None))  # several corruptions' tests: no single p
     _, down = _significant(table, alpha)
     names = ", ".join(f"{c} ({table.loc[c, 'gain']:+.3f}, p={table.loc[c, 'p_value']:.2g})"
                       for c in table.loc[down].sort_values("gain").index) or "none"
@@ -1048,9 +1051,12 @@ def label_shift_verdicts(table: pd.DataFrame, arm: str | None = None) -> list[st
         fewest, most = full.iloc[0], full.iloc[-1]
         ok = fewest["gain"] < most["gain"]
         p = f", McNemar p={fewest['p_value']:.2g}" if "p_value" in fewest else ""
-        lines.append(f"AdaBN hurts more the fewer classes (all layers adapted, momentum {label}): "
-                     f"{'YES' if ok else 'NO'} (gain {fewest['gain']:+.3f} at k={fewest['k']}{p} vs "
-                     f"{most['gain']:+.3f} at k={most['k']})")
+        lines.append(Verdict(
+            f"AdaBN hurts more the fewer classes (all layers adapted, momentum {label}): "
+            f"{'YES' if ok else 'NO'} (gain {fewest['gain']:+.3f} at k={fewest['k']}{p} vs "
+            f"{most['gain']:+.3f} at k={most['k']})",
+            claim=f"AdaBN hurts more the fewer classes (label shift, momentum {label})", paper="YES",
+            result="YES" if ok else "NO", p=fewest["p_value"] if "p_value" in fewest else None))
     last = table[table["exclude"] == "last"]
     if last["m"].nunique() >= 2:
         k_min = last["k"].min()
@@ -1058,10 +1064,12 @@ def label_shift_verdicts(table: pd.DataFrame, arm: str | None = None) -> list[st
         lo, hi = sub.iloc[0], sub.iloc[-1]
         ok = hi["gain"] > lo["gain"]
         depth = f" of {int(hi['n_bn_layers'])}" if "n_bn_layers" in sub else ""
-        lines.append(f"leaving the last BN layers unadapted limits the damage at k={k_min}: "
-                     f"{'YES' if ok else 'NO'} (gain {lo['gain']:+.3f} at m={lo['m']} vs "
-                     f"{hi['gain']:+.3f} at m={hi['m']}{depth} BN layers unadapted; rows that adapt no "
-                     f"layer excluded)")
+        lines.append(Verdict(
+            f"leaving the last BN layers unadapted limits the damage at k={k_min}: "
+            f"{'YES' if ok else 'NO'} (gain {lo['gain']:+.3f} at m={lo['m']} vs "
+            f"{hi['gain']:+.3f} at m={hi['m']}{depth} BN layers unadapted; rows that adapt no layer excluded)",
+            claim=f"leaving the last BN layers unadapted limits AdaBN's damage under label shift (k={k_min})",
+            paper="YES", result="YES" if ok else "NO", p=None))
     return lines
 
 
@@ -1129,7 +1137,9 @@ def border_verdicts(table: pd.DataFrame, arm: str = "adabn", alpha: float = 0.05
             text += " — this direction differs from the paper's (AdaBN degrades accuracy there)"
         elif verdict == "NOT SIGNIFICANT":
             text += f" — the paper's degradation is not found here (p >= {alpha})"
-        lines.append(text)
+        lines.append(Verdict(text, claim=f"AdaBN hurts on the {b} border ({arm} vs source, momentum {label})",
+                             paper="YES" if b == "black" else "not in the paper (MNIST's background is black)",
+                             result=verdict, p=p))
     return lines
 
 

@@ -168,3 +168,20 @@ def test_run_prints_progress_inside_a_notebook(tmp_path, capsys):
     assert printed.index(progress[-1]) < printed.index(next(ln for ln in printed if "01_tiny ok in" in ln))
     # the structured verdict went through a real kernel into the claim table
     assert "| tiny claim | YES | YES | 0.500 | 01_tiny |" in result.index_md.read_text()
+
+
+def test_adabn_verdicts_carry_their_claims():
+    import pandas as pd
+
+    from probelib.adabn import border_verdicts, label_shift_verdicts
+
+    t = pd.DataFrame([dict(border=b, arm=a, accuracy=acc, momentum="None", gained=g, lost=l, p_value=p)
+                      for b, a, acc, g, l, p in [("black", "source", 0.9, 0, 0, 1.0), ("black", "adabn", 0.8, 2, 22, 1e-4),
+                                                 ("white", "source", 0.9, 0, 0, 1.0), ("white", "adabn", 0.91, 5, 4, 0.8)]])
+    black, white = border_verdicts(t)
+    assert (black.result, black.paper, black.p) == ("YES", "YES", 1e-4) and "black border" in black.claim
+    assert white.result == "NOT SIGNIFICANT" and "not in the paper" in white.paper
+    ls = pd.DataFrame([dict(k=k, m=0, exclude="last", gain=g, p_value=p, momentum="None", n_bn_layers=3)
+                       for k, g, p in [(1, -0.5, 0.001), (5, 0.0, 1.0)]])
+    (fewer,) = label_shift_verdicts(ls)
+    assert (fewer.result, fewer.p) == ("YES", 0.001) and "fewer classes" in fewer.claim

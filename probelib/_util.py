@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
@@ -196,3 +199,65 @@ def check_name(name: object, kind: str = "name") -> str:
     if bad:
         raise ValueError(f"{kind} {name!r} {bad}; {fix}")
     return name
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Put every module of ``model`` in eval mode for the ``with`` block and restore each
+    module's own train/eval flag afterwards, also when the block raises."""
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+
+
+def _to_float_images(x: torch.Tensor, checked: bool = False) -> torch.Tensor:
+    if not checked:  # batches from a Dataset/DataLoader: checked one by one as they come
+        check_images_or_features(x, "images", allow_uint8=True)
+    if x.dtype == torch.uint8:
+        return x.float().div_(255)
+    return x if x.dtype == torch.float32 else x.float()
+
+
+def iter_batches(data, batch_size: int = 512, device: torch.device | None = None,
+                 desc: str | None = None) -> Iterable[torch.Tensor]:
+    """Yield float32 image batches on ``device`` from a tensor (float in [0, 1] or uint8), a
+    Dataset (items ``(x, y)`` or ``x``) or a DataLoader (its own batching is kept).
+
+    Images (N×C×H×W) must be float in [0, 1] or uint8 (divided by 255 here); float outside
+    [0, 1] (e.g. 0–255 pixels), NaN or inf is refused. Other shapes are feature vectors
+    (N×D, any finite float). A tensor is checked whole before the first batch."""
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(data, torch.Tensor):
+        if data.ndim < 2:
+            raise ValueError(f"images must be N×C×H×W, got shape {tuple(data.shape)}")
+        check_images_or_features(data, "images", allow_uint8=True)
+        starts = range(0, len(data), batch_size)
+        for s in tqdm(starts, desc=desc, leave=False, disable=desc is None):
+            yield _to_float_images(data[s:s + batch_size].to(device, non_blocking=True), checked=True)
+        return
+    if isinstance(data, Dataset) and not isinstance(data, DataLoader):
+        x = getattr(data, "x", None)
+        if isinstance(x, torch.Tensor):  # TensorSet and alike: slice the tensor directly
+            yield from iter_batches(x, batch_size, device, desc)
+            return
+        data = DataLoader(data, batch_size=batch_size, shuffle=False)
+    if not isinstance(data, DataLoader):
+        raise TypeError("data must be an image tensor N×C×H×W, a torch Dataset or a DataLoader, "
+                        f"got {type(data).__name__}")
+    for batch in tqdm(data, desc=desc, leave=False, disable=desc is None):
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        yield _to_float_images(x.to(device, non_blocking=True))
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s first parameter (or buffer) lives; CPU for a model with neither."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")

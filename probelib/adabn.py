@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from probelib._util import check_images_or_features, check_labels, default_device
-from probelib.metrics import _model_device, _to_float_images, iter_image_batches
+from probelib._util import _to_float_images, iter_batches, model_device
 from probelib.report import Verdict
 
 if TYPE_CHECKING:  # probelib.tent imports this module
@@ -324,7 +324,7 @@ def _batches(data, batch_size, device, aug, shuffle_seed: int | None = None):
             return
         if isinstance(data, Dataset):
             data = DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
-    for x in iter_image_batches(data, batch_size, device):
+    for x in iter_batches(data, batch_size, device):
         yield aug(x) if aug is not None else x
 
 
@@ -390,7 +390,7 @@ def adapt_bn_(model: nn.Module, data, momentum: float | None = None,
     _require_bn(model, "adapt_bn")
     if isinstance(data, torch.Tensor):  # Datasets and DataLoaders are checked batch by batch
         check_images_or_features(data, "data", allow_uint8=True)
-    device = _model_device(model) if device is None else default_device(device)
+    device = model_device(model) if device is None else default_device(device)
     mask = resolve_layers(model, layers)
     aug = _augmenter(augment, _first_channels(data), seed) if augment is not None else None
     model.to(device).eval()
@@ -688,7 +688,7 @@ def arm_logits(work: nn.Module, x: torch.Tensor, arm: str = "adabn", momentum: f
     from probelib.metrics import check_finite_outputs, predict
     (arm,) = _check_arms([arm], work)
     check_images_or_features(x, "x", allow_uint8=True)
-    device = _model_device(work) if device is None else default_device(device)
+    device = model_device(work) if device is None else default_device(device)
     if arm in _TENT_ARMS:
         from probelib.tent import tent_arm_logits
         return tent_arm_logits(work, x, arm, tent, device, layers=layers, seed=seed)

@@ -10,19 +10,16 @@ mean confidence and its accuracy. Two variants (:data:`CALIBRATION_VARIANTS`): `
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
-from probelib._util import check_finite_outputs, check_images_or_features, default_device
+from probelib._util import check_finite_outputs, default_device, eval_mode, iter_batches, model_device
 
 __all__ = ["accuracy", "mean_confidence", "confidences", "rms_calibration_error", "CALIBRATION_VARIANTS",
            "calibration_label",
-           "expected_calibration_error", "classification_metrics", "predict", "iter_image_batches"]
+           "expected_calibration_error", "classification_metrics", "predict"]
 
 
 def _as_numpy(a) -> np.ndarray:
@@ -146,54 +143,6 @@ def classification_metrics(logits, labels, bin_size: int = 100, n_bins: int = 15
             "ece": expected_calibration_error(logits, labels, n_bins)}
 
 
-def _to_float_images(x: torch.Tensor, checked: bool = False) -> torch.Tensor:
-    if not checked:  # batches from a Dataset/DataLoader: checked one by one as they come
-        check_images_or_features(x, "images", allow_uint8=True)
-    if x.dtype == torch.uint8:
-        return x.float().div_(255)
-    return x if x.dtype == torch.float32 else x.float()
-
-
-def iter_image_batches(data, batch_size: int = 512, device: torch.device | None = None,
-                       desc: str | None = None) -> Iterable[torch.Tensor]:
-    """Yield float32 image batches on ``device`` from a tensor (float in [0, 1] or uint8), a
-    Dataset (items ``(x, y)`` or ``x``) or a DataLoader (its own batching is kept).
-
-    Images (N×C×H×W) must be float in [0, 1] or uint8 (divided by 255 here); float outside
-    [0, 1] (e.g. 0–255 pixels), NaN or inf is refused. Other shapes are feature vectors
-    (N×D, any finite float). A tensor is checked whole before the first batch."""
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if isinstance(data, torch.Tensor):
-        if data.ndim < 2:
-            raise ValueError(f"images must be N×C×H×W, got shape {tuple(data.shape)}")
-        check_images_or_features(data, "images", allow_uint8=True)
-        starts = range(0, len(data), batch_size)
-        for s in tqdm(starts, desc=desc, leave=False, disable=desc is None):
-            yield _to_float_images(data[s:s + batch_size].to(device, non_blocking=True), checked=True)
-        return
-    if isinstance(data, Dataset) and not isinstance(data, DataLoader):
-        x = getattr(data, "x", None)
-        if isinstance(x, torch.Tensor):  # TensorSet and alike: slice the tensor directly
-            yield from iter_image_batches(x, batch_size, device, desc)
-            return
-        data = DataLoader(data, batch_size=batch_size, shuffle=False)
-    if not isinstance(data, DataLoader):
-        raise TypeError("data must be an image tensor N×C×H×W, a torch Dataset or a DataLoader, "
-                        f"got {type(data).__name__}")
-    for batch in tqdm(data, desc=desc, leave=False, disable=desc is None):
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        yield _to_float_images(x.to(device, non_blocking=True))
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 @torch.no_grad()
 def predict(model: nn.Module, data, batch_size: int = 512, device: str | torch.device | None = None,
             desc: str | None = "predict") -> torch.Tensor:
@@ -202,15 +151,10 @@ def predict(model: nn.Module, data, batch_size: int = 512, device: str | torch.d
     ``device`` defaults to where the model's parameters are; the model is moved there if needed.
     The model's train/eval flags are restored afterwards.
     """
-    device = _model_device(model) if device is None else default_device(device)
+    device = model_device(model) if device is None else default_device(device)
     model.to(device)
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        out = [model(x).float().cpu() for x in iter_image_batches(data, batch_size, device, desc)]
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
+    with eval_mode(model):
+        out = [model(x).float().cpu() for x in iter_batches(data, batch_size, device, desc)]
     if not out:
         raise ValueError("data holds no images; pass at least one")
     return check_finite_outputs(torch.cat(out), model)

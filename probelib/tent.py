@@ -29,7 +29,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from probelib._util import check_choice
 from probelib.adabn import LayerSelector, bn_layers, resolve_layers
-from probelib.metrics import _model_device, iter_image_batches
+from probelib._util import iter_batches, model_device
 
 __all__ = ["TentSettings", "TENT_ARMS", "entropy", "norm_logits", "tent_logits", "tent_arm_logits",
            "prepare_batch_norm"]
@@ -106,7 +106,7 @@ def prepare_batch_norm(model: nn.Module, device: torch.device | None = None,
         raise ValueError(f"{type(model).__name__} has no BatchNorm layer with running statistics, so the norm and "
                          f"tent arms have nothing to adapt{f' (it normalises with {kinds})' if kinds else ''}; "
                          "use a batch-norm model (e.g. build_model(..., norm='batch')) or only the source arm")
-    device = _model_device(model) if device is None else torch.device(device)
+    device = model_device(model) if device is None else torch.device(device)
     mask = resolve_layers(model, layers)
     if not any(mask):
         raise ValueError(f"layers selects none of the model's {len(mask)} BatchNorm layers, so the norm and tent "
@@ -148,7 +148,7 @@ def norm_logits(model: nn.Module, x, settings: TentSettings | None = None, devic
     ``layers``: which BN layers take batch statistics (default all; see :func:`prepare_batch_norm`)."""
     s = settings or TentSettings()
     work, _ = prepare_batch_norm(model, device, layers)
-    dev = _model_device(work)
+    dev = model_device(work)
     with torch.no_grad():
         out = [_forward(work, xb).float().cpu() for xb in _batches(x, s.batch_size, dev, desc)]
     return _cat(out)
@@ -169,7 +169,7 @@ def tent_logits(model: nn.Module, x, settings: TentSettings | None = None, devic
                          "nothing to update; use the norm arm")
     source = [p.detach().clone() for p in params]
     opt = _optimizer(params, s)
-    dev = _model_device(work)
+    dev = model_device(work)
     out = []
     for xb in _batches(x, s.batch_size, dev, desc):
         for _ in range(int(s.steps)):
@@ -208,7 +208,7 @@ def tent_arm_logits(model: nn.Module, x: torch.Tensor, arm: str = "tent", settin
 
 def _batches(x, batch_size: int, device: torch.device, desc: str | None):
     """Batches in order on ``device`` (a tqdm.auto progress bar named ``desc`` when given)."""
-    return iter_image_batches(x, batch_size, device, desc)
+    return iter_batches(x, batch_size, device, desc)
 
 
 def _cat(out: list[torch.Tensor]) -> torch.Tensor:

@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from probelib.sweep import load_grid, run_sweep
+from probelib.grid import load_grid
+from probelib.sweep import run_sweep
 
 GRID = """\
 name: bench
@@ -52,10 +53,10 @@ def main() -> None:
 
                 from probelib.sweep import _start_local_ray
 
-                _start_local_ray(args.num_cpus, {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}}, quiet=True)
+                _start_local_ray(args.num_cpus, {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}}, progress=False)
                 started = time.perf_counter()
             try:
-                result = run_sweep(grid, engine=engine, num_cpus=args.num_cpus, quiet=True)
+                result = run_sweep(grid, engine=engine, num_cpus=args.num_cpus, progress=False)
             finally:
                 ran = time.perf_counter()
                 if engine == "ray":

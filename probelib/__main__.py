@@ -13,8 +13,7 @@ import sys
 from probelib import __version__
 
 # Modules whose commands the CLI offers, in the order --help lists them.
-CLI_MODULES = ["probelib.data.cli", "probelib.training", "probelib.corruptions", "probelib.suite", "probelib.explorer",
-               "probelib.sweep"]
+CLI_MODULES = ["probelib.data.cli", "probelib.training", "probelib.corruptions", "probelib.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,7 @@
-"""The results report: ``<out>/index.md`` and ``<out>/index.html`` from the executed notebooks.
+"""What the notebooks save and print, and the results report built from it.
+
+The notebooks call :func:`save_table`, :func:`save_figure` and :func:`verdict`; the runner then
+writes ``<out>/index.md`` and ``<out>/index.html`` from the executed notebooks (:func:`write_report`).
 
 Both files come from one Jinja2 template (:data:`REPORT_TEMPLATE`), rendered once per format. The
 report opens with the claim table: one row per structured verdict (:class:`Verdict`) that an
@@ -17,13 +20,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from probelib.store import write_text_atomic
+from probelib._util import check_name
+from probelib.store import atomic_write, write_text_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
-    from probelib.suite import NotebookResult
+    import pandas as pd
 
-__all__ = ["VERDICT_PREFIX", "VERDICT_MIME", "RESULTS", "Verdict", "collect_verdicts", "collect_claims",
-           "claim_rows", "REPORT_TEMPLATE", "render_report", "write_report"]
+    from probelib.runner import NotebookResult
+
+__all__ = ["save_table", "save_figure", "verdict", "VERDICT_PREFIX", "VERDICT_MIME", "RESULTS", "Verdict",
+           "collect_verdicts", "collect_claims", "claim_rows", "REPORT_TEMPLATE", "render_report", "write_report"]
 
 VERDICT_PREFIX = "VERDICT: "
 #: The display-data type a structured verdict is written as (invisible in notebook front-ends).
@@ -65,6 +71,78 @@ class Verdict(str):
         """The machine-readable form written into the notebook (and read back by :func:`collect_claims`)."""
         return {"claim": self.claim, "paper": self.paper, "result": self.result, "p": self.p, "text": str(self)}
 
+
+# --------------------------------------------------------------------------- what the notebooks call
+
+def _results_folder(results_dir: str | os.PathLike) -> Path:
+    """A relative ``results_dir`` lies in the project (a kernel in notebooks/ writes to the project's results/)."""
+    from probelib.paths import project_path
+
+    return project_path(results_dir)
+
+
+def save_table(df: pd.DataFrame, name: str, results_dir: str | os.PathLike, *,
+               float_format: str = "%.4f") -> Path:
+    """Save ``df`` as ``<results_dir>/tables/<name>.csv`` and ``.tex`` (atomically); return the CSV path."""
+    check_name(name, "table name")
+    folder = _results_folder(results_dir) / "tables"
+    csv = folder / f"{name}.csv"
+    with atomic_write(csv) as tmp:
+        df.to_csv(tmp, float_format=float_format)
+    with atomic_write(folder / f"{name}.tex") as tmp:
+        tmp.write_text(df.to_latex(float_format=lambda v: float_format % v))
+    return csv
+
+
+def save_figure(fig, name: str, results_dir: str | os.PathLike, *, dpi: int = 150) -> Path:
+    """Save a matplotlib figure as ``<results_dir>/figures/<name>.png`` and ``.pdf`` (atomically)."""
+    check_name(name, "figure name")
+    folder = _results_folder(results_dir) / "figures"
+    png = folder / f"{name}.png"
+    with atomic_write(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    with atomic_write(folder / f"{name}.pdf") as tmp:
+        fig.savefig(tmp, format="pdf", bbox_inches="tight")
+    return png
+
+
+def verdict(text: str, *, claim: str | None = None, paper: str | None = None, result: str | None = None,
+            p: float | None = None) -> str:
+    """Print one verdict line (collected into the results report) and return it.
+
+    With ``claim``, ``paper`` and ``result`` (or when ``text`` is a :class:`~probelib.report.Verdict`
+    carrying them), the verdict also enters the report's claim table: in a kernel it is displayed
+    as :data:`~probelib.report.VERDICT_MIME` data (front-ends show nothing for it). ``p`` is the
+    test's p-value, None when it has none. The printed line is the same either way.
+    """
+    if claim is not None or paper is not None or result is not None:
+        if claim is None or paper is None or result is None:
+            raise ValueError("a structured verdict needs claim, paper and result together")
+        text = Verdict(str(text), claim=claim, paper=paper, result=result, p=p)
+    elif p is not None:
+        raise ValueError("p is given only with claim, paper and result")
+    line = VERDICT_PREFIX + str(text)
+    print(line, flush=True)
+    if isinstance(text, Verdict):
+        _display_claim(text)
+    return line
+
+
+def _display_claim(v: Verdict) -> None:
+    """Send ``v``'s record as display data when running in an IPython kernel; else do nothing."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with ipykernel
+        return
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "kernel"):
+        return
+    from IPython.display import display
+
+    display({VERDICT_MIME: v.record(), "text/plain": ""}, raw=True)
+
+
+# --------------------------------------------------------------------------- reading executed notebooks
 
 def _cells_outputs(notebook_path: str | os.PathLike) -> Iterable[dict[str, Any]]:
     import nbformat

@@ -1,25 +1,12 @@
 """Grids of suite runs (``python -m probelib sweep GRID.yaml``) on Ray, or sequentially with no Ray.
 
-A grid file names the notebooks each run executes, the parameters every run shares, and the
-axes whose every combination is one *run* (one parameter set, as the NCG authors' ``params.py``)::
-
-    name: mnist5k                  # optional (default: the file name)
-    only: [00-04]                  # notebooks per run (default: the whole suite); as `run --only`
-    smoke: false
-    parameters:                    # the same in every run (notebook parameters)
-      dataset: mnist5k
-      methods: [natural, trades, at]
-    grid:                          # axes: one run per combination
-      held_out: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
-      eps: [2.0]
-    resources: {num_cpus: 2, num_gpus: 0}   # declared per run (Ray places runs by them)
-
-Each run is :func:`probelib.suite.run_suite` into its own folder ``<out>/runs/<name>-<key>``
-(``key`` hashes the parameter set), and writes ``sweep-done.json`` there atomically, last; a
-re-run skips every run whose marker is present and carries the same key, so a killed sweep
-resumes with only the unfinished (or failed) runs recomputed. Runs meet only through the
-content-addressed artifact store (``PROBELIB_PRECOMPUTED``, resolved once by the driver and
-handed to every run), so on a cluster put it, and ``--out``, on a shared filesystem.
+The grid file and its runs are :mod:`probelib.grid`'s. Each run is :func:`probelib.runner.run_suite`
+into its own folder ``<out>/runs/<name>-<key>`` (``key`` hashes the parameter set), and writes
+``sweep-done.json`` there atomically, last; a re-run skips every run whose marker is present and
+carries the same key, so a killed sweep resumes with only the unfinished (or failed) runs
+recomputed. Runs meet only through the content-addressed artifact store (``PROBELIB_PRECOMPUTED``,
+resolved once by the driver and handed to every run), so on a cluster put it, and ``--out``, on a
+shared filesystem.
 
 Engines: ``ray`` (default where Ray is installed) submits one Ray task per run with the
 declared ``num_cpus``/``num_gpus``; ``--address`` joins a running cluster, otherwise a local
@@ -34,15 +21,9 @@ leading index levels (e.g. pixel NCG with its 95 % interval for every held-out d
 
 from __future__ import annotations
 
-import argparse
-import ast
-import itertools
 import json
-import math
 import os
-import re
 import socket
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,60 +32,14 @@ from typing import Any
 
 import pandas as pd
 
-from probelib.store import fingerprint, write_text_atomic
+from probelib.execute import kernel_env
+from probelib.grid import DONE_MARKER, Grid, RunSpec, load_grid, plan_runs
+from probelib.store import write_text_atomic
 
-__all__ = ["GridError", "Grid", "RunSpec", "RunOutcome", "SweepResult", "ENGINES", "DONE_MARKER",
-           "load_grid", "parse_grid", "plan_runs", "execute_run", "run_sweep", "write_index",
-           "default_engine", "add_cli"]
+__all__ = ["RunOutcome", "SweepResult", "ENGINES", "execute_run", "run_sweep", "stack_tables", "write_index",
+           "default_engine"]
 
 ENGINES = ("ray", "local")
-DONE_MARKER = "sweep-done.json"
-_TOP_KEYS = {"name": "optional name of the sweep (default: the file name)",
-             "notebooks": "folder of NN_name.ipynb notebooks (default: the project's notebooks/)",
-             "only": "notebooks each run executes (numbers, ranges, names; default: all)",
-             "skip": "notebooks each run skips",
-             "smoke": "true for tiny sizes (smoke=True in every notebook declaring it)",
-             "parameters": "mapping of notebook parameters shared by every run",
-             "grid": "mapping of axes: parameter name -> non-empty list of values",
-             "resources": "per-run resources, e.g. {num_cpus: 2, num_gpus: 0}",
-             "out": "sweep folder (default results/sweeps/<name>)",
-             "timeout": "per-cell time limit in seconds (default: none)"}
-_RESOURCE_KEYS = ("num_cpus", "num_gpus")
-_EXAMPLE = ("e.g.\n  only: [01]\n  parameters: {dataset: mnist5k, methods: [natural, trades, at]}\n"
-            "  grid: {held_out: [0, 1, 2]}\n  resources: {num_cpus: 2}")
-
-
-class GridError(ValueError):
-    """A grid file that cannot run; the message names the entry and the fix. Raised before any run."""
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One parameter set of a sweep: what :func:`execute_run` needs, as plain values (picklable)."""
-
-    key: str                    # fingerprint of the parameter set
-    name: str                   # readable: "held_out=3,eps=2"
-    axes: dict[str, Any]        # this run's value on every axis
-    parameters: dict[str, Any]  # every notebook parameter it passes (shared + axes)
-    folder: str                 # its results folder
-    only: list[str] | None
-    skip: list[str] | None
-    smoke: bool
-    notebooks: str | None
-    env: dict[str, str]         # added to the kernels' environment (store, threads)
-    timeout: float | None = None
-
-
-@dataclass
-class Grid:
-    """A validated grid file: the runs it expands to and where they go."""
-
-    name: str
-    source: Path | None
-    out: Path
-    runs: list[RunSpec]
-    axes: dict[str, list[Any]]
-    resources: dict[str, float]
 
 
 @dataclass
@@ -146,231 +81,12 @@ class SweepResult:
         return [o.name for o in self.outcomes if o.status == "skipped"]
 
 
-# --------------------------------------------------------------------------- the grid file
-
-def _type_of_default(source: str | None) -> type | None:
-    """The Python type of a notebook parameter's default (source text), None when it says nothing."""
-    if source is None:
-        return None
-    try:
-        value = ast.literal_eval(source.strip())
-    except (ValueError, SyntaxError):
-        return None
-    return None if value is None else type(value)
-
-
-def _fits(value: Any, kind: type) -> bool:
-    if kind is bool:
-        return isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind in (list, tuple):
-        return isinstance(value, (list, tuple))
-    return isinstance(value, kind)
-
-
-def _slug(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-    if isinstance(value, float):
-        text = f"{value:g}"
-    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("_")[:80] or "x"
-
-
-def _resolve(path: str | os.PathLike, base: Path | None) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() or base is None else (base / p)
-
-
-def load_grid(path: str | os.PathLike, *, out: str | os.PathLike | None = None, only: Sequence[str] | None = None,
-              resources: Mapping[str, float] | None = None, store: str | os.PathLike | None = None) -> Grid:
-    """Read and validate the grid file at ``path`` (see the module docstring); nothing runs.
-
-    ``out``, ``only`` and ``resources`` override the file's. Raises :class:`GridError` naming the
-    entry and the fix for an unknown key or parameter, an empty axis, a wrong type.
-    """
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise GridError(f"grid file {str(path)!r} does not exist; write a YAML grid file, {_EXAMPLE}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise GridError(f"grid file {str(path)!r} is not plain YAML ({str(err).splitlines()[0]}); "
-                        f"write plain mappings and lists, {_EXAMPLE}") from None
-    return parse_grid(data, source=path, out=out, only=only, resources=resources, store=store)
-
-
-def parse_grid(data: Any, *, source: Path | None = None, out: str | os.PathLike | None = None,
-               only: Sequence[str] | None = None, resources: Mapping[str, float] | None = None,
-               store: str | os.PathLike | None = None) -> Grid:
-    """Validate a grid given as a mapping (what :func:`load_grid` reads) and expand it into runs."""
-    from probelib.suite import _RESERVED, discover_notebooks, notebook_parameters, select_notebooks
-
-    where = f"grid file {str(source)!r}" if source is not None else "grid"
-    if not isinstance(data, dict):
-        raise GridError(f"{where} must be a mapping with 'grid:' (axes) and optional 'parameters:', 'only:', "
-                        f"'resources:'; got {type(data).__name__}; {_EXAMPLE}")
-    unknown = sorted(set(map(str, data)) - set(_TOP_KEYS))
-    if unknown:
-        keys = "; ".join(f"{k}: {v}" for k, v in _TOP_KEYS.items())
-        raise GridError(f"{where}: unknown entry {unknown[0]!r}. Notebook parameters go under 'parameters:' (shared) "
-                        f"or 'grid:' (axes); the top-level entries are: {keys}")
-    axes = data.get("grid")
-    if not isinstance(axes, dict) or not axes:
-        raise GridError(f"{where}: 'grid:' must be a non-empty mapping of axes (parameter -> list of values); "
-                        f"{_EXAMPLE}")
-    for name, values in axes.items():
-        if not isinstance(values, list):
-            raise GridError(f"{where}: axis {name!r} must be a list of values, got {values!r}; "
-                            f"write e.g. '{name}: [{values!r}]' for a single value, or move it under 'parameters:'")
-        if not values:
-            raise GridError(f"{where}: axis {name!r} is empty, so the grid has no runs; give it at least one value "
-                            f"(e.g. '{name}: [...]') or remove the axis")
-        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
-            raise GridError(f"{where}: axis {name!r} repeats a value ({values!r}); list each value once")
-    shared = data.get("parameters") or {}
-    if not isinstance(shared, dict):
-        raise GridError(f"{where}: 'parameters:' must be a mapping of notebook parameter -> value, got "
-                        f"{type(shared).__name__}")
-    both = sorted(set(shared) & set(axes))
-    if both:
-        raise GridError(f"{where}: {both[0]!r} is both a shared parameter and an axis; keep it in one place")
-    smoke = data.get("smoke", False)
-    if not isinstance(smoke, bool):
-        raise GridError(f"{where}: 'smoke' must be true or false, got {smoke!r}")
-    timeout = data.get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise GridError(f"{where}: 'timeout' must be a positive number of seconds, got {timeout!r}")
-
-    res = dict(data.get("resources") or {})
-    if not isinstance(data.get("resources") or {}, dict):
-        raise GridError(f"{where}: 'resources:' must be a mapping such as {{num_cpus: 2, num_gpus: 0}}")
-    res.update({k: v for k, v in dict(resources or {}).items() if v is not None})
-    for k, v in res.items():
-        if k not in _RESOURCE_KEYS:
-            raise GridError(f"{where}: unknown resource {k!r}; per-run resources are {', '.join(_RESOURCE_KEYS)}")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (k == "num_cpus" and v == 0):
-            raise GridError(f"{where}: resource {k} must be a number {'> 0' if k == 'num_cpus' else '>= 0'}, "
-                            f"got {v!r}")
-    res = {"num_cpus": float(res.get("num_cpus", 1)), "num_gpus": float(res.get("num_gpus", 0))}
-
-    base = source.parent if source is not None else None
-    nb_dir = data.get("notebooks")
-    if nb_dir is not None and not isinstance(nb_dir, str):
-        raise GridError(f"{where}: 'notebooks' must be a folder path, got {nb_dir!r}")
-    nb_path = str(_resolve(nb_dir, base).resolve()) if nb_dir else None
-    selection: dict[str, list[str] | None] = {}
-    for key, given in (("only", only if only else data.get("only")), ("skip", data.get("skip"))):
-        if given is None:
-            selection[key] = None
-            continue
-        tokens = [given] if isinstance(given, (str, int)) else given
-        if not isinstance(tokens, list) or not all(isinstance(t, (str, int)) and not isinstance(t, bool)
-                                                   for t in tokens):
-            raise GridError(f"{where}: {key!r} must be a list of notebooks (numbers, ranges like '30-33', names), "
-                            f"got {given!r}")
-        selection[key] = [str(t) for t in tokens]
-    try:
-        chosen = select_notebooks(discover_notebooks(nb_path), selection["only"], selection["skip"])
-    except (ValueError, FileNotFoundError) as err:
-        raise GridError(f"{where}: {err}") from None
-    if not chosen:
-        raise GridError(f"{where}: 'only'/'skip' leave no notebook to run")
-    declared: dict[str, dict[str, Any]] = {nb.stem: notebook_parameters(nb) for nb in chosen}
-    known = sorted(set().union(*declared.values()) - set(_RESERVED) - {"smoke"})
-    for name in list(axes) + list(shared):
-        if name in _RESERVED:
-            raise GridError(f"{where}: {name!r} is set by the sweep itself (each run's own folder); remove it")
-        if name == "smoke":
-            raise GridError(f"{where}: set smoke with the top-level 'smoke: true', not as a parameter")
-        if name not in known:
-            hint = (" (the architecture follows the dataset's paper settings, see `python -m probelib train --list`)"
-                    if name in ("arch", "architecture") else "")
-            raise GridError(f"{where}: unknown parameter {name!r}{hint}; the selected notebooks "
-                            f"({', '.join(declared)}) declare: {', '.join(known)}. Fix the name, or select notebooks "
-                            "that declare it with 'only:'")
-    # types: each value must fit the type of every selected notebook's default (None defaults take anything)
-    for name in known:
-        wanted = {(stem, _type_of_default(params[name].get("default")))
-                  for stem, params in declared.items() if name in params}
-        values = axes.get(name, [shared[name]] if name in shared else [])
-        for value in values:
-            for stem, kind in sorted(wanted, key=lambda w: w[0]):
-                if kind is not None and value is not None and not _fits(value, kind):
-                    raise GridError(f"{where}: {name}={value!r} is a {type(value).__name__}, but {stem} expects a "
-                                    f"{kind.__name__} (its default is {declared[stem][name].get('default')}); "
-                                    f"write a {kind.__name__}" + (" such as [a, b]" if kind is list else ""))
-
-    name = data.get("name") or (source.stem if source is not None else "sweep")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][\w.-]*", name):
-        raise GridError(f"{where}: 'name' must be a plain name (letters, digits, '-', '_', '.'), got {name!r}")
-    out_dir = Path(out) if out is not None else (
-        _resolve(data["out"], Path.cwd()) if data.get("out") else Path("results") / "sweeps" / name)
-    out_dir = out_dir.resolve()
-    store_root = Path(store or os.environ.get("PROBELIB_PRECOMPUTED") or "precomputed").resolve()
-    env = {"PROBELIB_PRECOMPUTED": str(store_root), "OMP_NUM_THREADS": str(max(1, math.ceil(res["num_cpus"]))),
-           "MKL_NUM_THREADS": str(max(1, math.ceil(res["num_cpus"])))}
-    if os.environ.get("PROBELIB_DATA"):
-        env["PROBELIB_DATA"] = str(Path(os.environ["PROBELIB_DATA"]).resolve())
-
-    runs: list[RunSpec] = []
-    axis_names = list(axes)
-    for combo in itertools.product(*(axes[a] for a in axis_names)):
-        point = dict(zip(axis_names, combo))
-        params = {**shared, **point}
-        _check_datasets(where, params)
-        key = fingerprint("probelib.sweep-run/1", {"parameters": params, "only": selection["only"],
-                                                   "skip": selection["skip"], "smoke": smoke,
-                                                   "notebooks": nb_path})
-        label = ",".join(f"{a}={_slug(v)}" for a, v in point.items())
-        folder = out_dir / "runs" / f"{_slug(label.replace(',', '_'))[:80]}-{key[:10]}"
-        runs.append(RunSpec(key=key, name=label, axes=point, parameters=params, folder=str(folder),
-                            only=selection["only"], skip=selection["skip"], smoke=smoke, notebooks=nb_path,
-                            env=env, timeout=float(timeout) if timeout is not None else None))
-    return Grid(name=name, source=source, out=out_dir, runs=runs, axes={a: list(v) for a, v in axes.items()},
-                resources=res)
-
-
-def _check_datasets(where: str, params: Mapping[str, Any]) -> None:
-    """Dataset names and held-out classes are checked here, before any run (as run_suite would, later)."""
-    dataset = params.get("dataset")
-    if dataset is None:
-        return
-    try:
-        from probelib.data import parse_name
-
-        parse_name(dataset)
-        if params.get("held_out") is not None:
-            from probelib.ncg import held_out_datasets
-
-            held_out_datasets(dataset, params["held_out"])
-    except (ValueError, KeyError) as err:
-        raise GridError(f"{where}: {err}") from None
-
-
-def plan_runs(grid: Grid) -> list[tuple[RunSpec, bool]]:
-    """Each run with whether it is already done (its marker present, with its key)."""
-    return [(spec, _is_done(spec)) for spec in grid.runs]
-
-
-def _is_done(spec: RunSpec) -> bool:
-    marker = Path(spec.folder) / DONE_MARKER
-    try:
-        record = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and record.get("key") == spec.key and record.get("status") == "ok"
-
-
 # --------------------------------------------------------------------------- one run
 
 def execute_run(spec: RunSpec | Mapping[str, Any]) -> dict[str, Any]:
-    """Run one parameter set: :func:`probelib.suite.run_suite` into ``spec.folder``; on success
+    """Run one parameter set: :func:`probelib.runner.run_suite` into ``spec.folder``; on success
     write the done-marker atomically, last. Returns a plain dict (a :class:`RunOutcome`'s fields)."""
-    from probelib.suite import run_suite
+    from probelib.runner import run_suite
 
     if isinstance(spec, Mapping):
         spec = RunSpec(**spec)
@@ -380,7 +96,7 @@ def execute_run(spec: RunSpec | Mapping[str, Any]) -> dict[str, Any]:
     try:
         result = run_suite(notebooks_dir=spec.notebooks, only=spec.only, skip=spec.skip,
                            parameters=spec.parameters, smoke=spec.smoke, out=folder, env=spec.env,
-                           execution_timeout=spec.timeout, progress_bar=False, quiet=True)
+                           execution_timeout=spec.timeout, progress=False)
     except Exception as err:  # a run that cannot start is reported, not fatal to the sweep
         return RunOutcome(spec.key, spec.name, "failed", str(folder), time.time() - t0,
                           f"{type(err).__name__}: {err}".splitlines()[0][:500], host).__dict__
@@ -405,15 +121,15 @@ def default_engine() -> str:
     return "ray" if importlib.util.find_spec("ray") is not None else "local"
 
 
-def _say(quiet: bool):
-    return (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+def _say(progress: bool):
+    return (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
 
 
-def _run_local(todo: list[RunSpec], quiet: bool) -> Iterable[dict[str, Any]]:
+def _run_local(todo: list[RunSpec], progress: bool) -> Iterable[dict[str, Any]]:
     from tqdm.auto import tqdm
 
-    say = _say(quiet)
-    bar = tqdm(todo, desc="sweep (local)", unit="run", disable=quiet or not todo)
+    say = _say(progress)
+    bar = tqdm(todo, desc="sweep (local)", unit="run", disable=not progress or not todo)
     for spec in bar:
         bar.set_postfix_str(spec.name)
         outcome = execute_run(spec)
@@ -422,11 +138,8 @@ def _run_local(todo: list[RunSpec], quiet: bool) -> Iterable[dict[str, Any]]:
         yield outcome
 
 
-def _package_root() -> str:
-    return str(Path(__file__).resolve().parent.parent)
-
-
-def _start_local_ray(num_cpus: int, runtime_env: Mapping[str, Any], quiet: bool, attempts: int = 3) -> None:
+def _start_local_ray(num_cpus: int, runtime_env: Mapping[str, Any], *, progress: bool = True,
+                     attempts: int = 3) -> None:
     """Start a local Ray instance (no dashboard). Ray waits a fixed 30 s for its raylet to register;
     on a machine loaded by other jobs that can pass, so a timed-out start is retried."""
     import ray
@@ -434,7 +147,7 @@ def _start_local_ray(num_cpus: int, runtime_env: Mapping[str, Any], quiet: bool,
     for attempt in range(1, attempts + 1):
         try:
             ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=dict(runtime_env),
-                     log_to_driver=not quiet,
+                     log_to_driver=progress,
                      # the raylet waits for its (Python) agents; on a busy machine they start slowly
                      _system_config={"agent_register_timeout_ms": 120_000, "raylet_start_wait_time_s": 120})
             return
@@ -442,10 +155,10 @@ def _start_local_ray(num_cpus: int, runtime_env: Mapping[str, Any], quiet: bool,
             ray.shutdown()
             if "timed out during startup" not in str(err) or attempt == attempts:
                 raise
-            _say(quiet)(f"  the local Ray instance did not start in time (attempt {attempt} of {attempts}): retrying")
+            _say(progress)(f"  the local Ray instance did not start in time (attempt {attempt} of {attempts}): retrying")
 
 
-def _run_ray(todo: list[RunSpec], resources: Mapping[str, float], address: str | None, quiet: bool,
+def _run_ray(todo: list[RunSpec], resources: Mapping[str, float], address: str | None, progress: bool,
              num_cpus: int | None = None) -> Iterable[dict[str, Any]]:
     try:
         import ray
@@ -454,15 +167,14 @@ def _run_ray(todo: list[RunSpec], resources: Mapping[str, float], address: str |
                          "or run the grid without it: --engine local") from None
     from tqdm.auto import tqdm
 
-    say = _say(quiet)
-    path = os.environ.get("PYTHONPATH", "")
-    runtime_env = {"env_vars": {"PYTHONPATH": _package_root() + (os.pathsep + path if path else "")}}
+    say = _say(progress)
+    runtime_env = {"env_vars": kernel_env()}  # this probelib first on the path
     started_here = False
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=not quiet)
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=progress)
         else:
-            _start_local_ray(num_cpus or os.cpu_count() or 1, runtime_env, quiet)
+            _start_local_ray(num_cpus or os.cpu_count() or 1, runtime_env, progress=progress)
         started_here = True
     try:
         total = ray.cluster_resources()
@@ -478,7 +190,7 @@ def _run_ray(todo: list[RunSpec], resources: Mapping[str, float], address: str |
                    for spec in todo}
         say(f"  submitted {len(pending)} Ray task(s), each num_cpus={resources['num_cpus']:g} "
             f"num_gpus={resources['num_gpus']:g}")
-        bar = tqdm(total=len(pending), desc="sweep (ray)", unit="run", disable=quiet or not pending)
+        bar = tqdm(total=len(pending), desc="sweep (ray)", unit="run", disable=not progress or not pending)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -500,14 +212,16 @@ def _run_ray(todo: list[RunSpec], resources: Mapping[str, float], address: str |
 
 
 def run_sweep(grid: Grid | str | os.PathLike, *, engine: str | None = None, address: str | None = None,
-              num_cpus: int | None = None, quiet: bool = False) -> SweepResult:
+              num_cpus: int | None = None, progress: bool = True) -> SweepResult:
     """Run every unfinished run of ``grid`` (a :class:`Grid` or a grid file) and write the index.
 
     ``engine``: ``ray`` (default where installed) or ``local``. ``address``: join this Ray cluster
     (e.g. ``"auto"`` on a node where ``ray start`` ran, or ``"HEAD:6379"``); without it a local
     Ray instance with ``num_cpus`` (default: all) cores is started and shut down afterwards.
+    With ``progress`` (the default) a bar over the runs and a line per finished run are printed;
+    ``progress=False`` prints nothing.
     """
-    say = _say(quiet)
+    say = _say(progress)
     if not isinstance(grid, Grid):
         grid = load_grid(grid)
     engine = engine or default_engine()
@@ -525,8 +239,8 @@ def run_sweep(grid: Grid | str | os.PathLike, *, engine: str | None = None, addr
     grid.out.mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, dict[str, Any]] = {}
     if todo:
-        stream = (_run_ray(todo, grid.resources, address, quiet, num_cpus) if engine == "ray"
-                  else _run_local(todo, quiet))
+        stream = (_run_ray(todo, grid.resources, address, progress, num_cpus) if engine == "ray"
+                  else _run_local(todo, progress))
         for outcome in stream:
             outcomes[outcome["key"]] = outcome
     results = []
@@ -546,7 +260,7 @@ def run_sweep(grid: Grid | str | os.PathLike, *, engine: str | None = None, addr
 # --------------------------------------------------------------------------- the cross-run index
 
 def _run_verdicts(folder: Path) -> list[tuple[str, str]]:
-    from probelib.suite import _load_manifest, collect_verdicts
+    from probelib.report import _load_manifest, collect_verdicts
 
     found = []
     for stem, entry in sorted(_load_manifest(folder).get("notebooks", {}).items()):
@@ -586,7 +300,7 @@ def write_index(grid: Grid, outcomes: Sequence[RunOutcome], *, engine: str = "lo
                 elapsed_s: float = 0.0) -> tuple[Path, dict[str, Path]]:
     """Write ``<out>/tables/<name>.csv/.tex`` (stacked tables), ``<out>/sweep.json`` and ``<out>/index.md``."""
     from probelib import __version__
-    from probelib.suite import _md_escape, save_table
+    from probelib.report import _md_escape, save_table
 
     out = grid.out
     by_key = {o.key: o for o in outcomes}
@@ -634,39 +348,3 @@ def write_index(grid: Grid, outcomes: Sequence[RunOutcome], *, engine: str = "lo
     index_md = write_text_atomic(out / "index.md", "\n".join(md) + "\n")
     return index_md, tables
 
-
-# --------------------------------------------------------------------------- command line
-
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    resources = {"num_cpus": args.num_cpus_per_run, "num_gpus": args.num_gpus_per_run}
-    grid = load_grid(args.grid, out=args.out, only=args.only, resources=resources)
-    if args.list:
-        for spec, done in plan_runs(grid):
-            print(f"{'done' if done else 'todo':5s} {spec.name:40s} {spec.folder}")
-        return 0
-    result = run_sweep(grid, engine=args.engine, address=args.address, num_cpus=args.num_cpus)
-    return 0 if result.ok else 1
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``sweep``: ``python -m probelib sweep GRID.yaml`` runs a grid of suite runs."""
-    p = subparsers.add_parser(
-        "sweep", help="run a grid of suite runs (Ray, or --engine local) and stack their tables",
-        description="Run every parameter set of GRID.yaml as a suite run into its own folder, skip runs "
-                    "finished before, and write <out>/index.md with the stacked tables and every run's "
-                    "verdicts. Exit status 1 when a run failed.")
-    p.add_argument("grid", help="grid file (YAML), e.g. grids/mnist5k.yaml")
-    p.add_argument("--engine", choices=ENGINES, default=None,
-                   help="ray: one Ray task per run (default where Ray is installed); local: one after another")
-    p.add_argument("--address", help="join this Ray cluster (e.g. auto, or HEAD_IP:6379); default: a local instance")
-    p.add_argument("--num-cpus", type=int, dest="num_cpus",
-                   help="cores of the local Ray instance (default: all of this machine's)")
-    p.add_argument("--num-cpus-per-run", type=float, dest="num_cpus_per_run",
-                   help="override the grid's resources.num_cpus")
-    p.add_argument("--num-gpus-per-run", type=float, dest="num_gpus_per_run",
-                   help="override the grid's resources.num_gpus")
-    p.add_argument("--only", nargs="+", action="extend", metavar="NB",
-                   help="notebooks each run executes (overrides the grid's 'only')")
-    p.add_argument("--out", help="sweep folder (default: the grid's 'out', else results/sweeps/<name>)")
-    p.add_argument("--list", action="store_true", help="list the runs and whether each is done; run nothing")
-    p.set_defaults(func=_cmd_sweep)

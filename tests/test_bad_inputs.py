@@ -30,7 +30,8 @@ from probelib.models import (CheckpointError, CheckpointMismatchError, UnsafeChe
 from probelib.ncg import predict_labels
 from probelib.neighbours import knn
 from probelib.store import Store, file_sha256
-from probelib.suite import load_parameter_file, run_suite
+from probelib.parameters import load_parameter_file
+from probelib.runner import run_suite
 from probelib.training import checkpoint_key, default_config, train_or_load
 
 
@@ -272,7 +273,7 @@ def test_parameter_file_with_an_unknown_key(tiny_suite, tmp_path):
     params.write_text("epochz: 3\n")
     out = tmp_path / "results"
     with pytest.raises(UnknownNameError, match=r"unknown parameter 'epochz'\. Did you mean 'epochs'\?"):
-        run_suite(notebooks_dir=tiny_suite, parameters=load_parameter_file(params), out=out, quiet=True)
+        run_suite(notebooks_dir=tiny_suite, parameters=load_parameter_file(params), out=out, progress=False)
     assert not out.exists()
 
 
@@ -280,7 +281,7 @@ def test_notebook_name_that_does_not_exist(repo_root, tmp_path):
     out = tmp_path / "results"
     with pytest.raises(UnknownNameError, match=r"unknown notebook 'pixl_ncg'\. Did you mean 'pixel_ncg'\?"
                                                r" Valid notebook names: .*00_precompute"):
-        run_suite(notebooks_dir=repo_root / "notebooks", only="pixl_ncg", out=out, quiet=True)
+        run_suite(notebooks_dir=repo_root / "notebooks", only="pixl_ncg", out=out, progress=False)
     assert not out.exists()
 
 

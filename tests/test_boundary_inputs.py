@@ -347,7 +347,7 @@ def test_table_and_figure_names_stay_in_results(tmp_path, name):
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from probelib.suite import save_figure, save_table
+    from probelib.report import save_figure, save_table
 
     out = tmp_path / "deep" / "results"
     with pytest.raises(ValueError, match="table name"):
@@ -402,7 +402,7 @@ def test_training_on_one_image_with_mixup_is_refused():
 @pytest.fixture(autouse=False)
 def no_kernel(monkeypatch) -> list:
     """Record instead of executing: a check that works never lets a notebook start."""
-    import probelib.suite as S
+    import probelib.runner as S
 
     started: list = []
     monkeypatch.setattr(S, "execute_notebook", lambda nb, *a, **k: started.append(nb.stem))
@@ -447,13 +447,14 @@ def test_runner_refuses_bad_parameter_values_before_any_kernel(tmp_path, capsys,
 
 
 def test_runner_parses_false_in_any_case():
-    from probelib.suite import parse_parameter_value
+    from probelib.parameters import parse_parameter_value
 
     assert [parse_parameter_value(v) for v in ("false", "FALSE", "true", "none")] == [False, False, True, None]
 
 
 def test_runner_refuses_wrong_types_from_a_parameter_file(tmp_path, no_kernel):
-    from probelib.suite import load_parameter_file, run_suite
+    from probelib.parameters import load_parameter_file
+    from probelib.runner import run_suite
 
     params = tmp_path / "p.yaml"
     out = tmp_path / "results"
@@ -463,7 +464,7 @@ def test_runner_refuses_wrong_types_from_a_parameter_file(tmp_path, no_kernel):
                               ("30-33", "arms: source\n", r"arms='source' is refused")):
         params.write_text(text)
         with pytest.raises(ValueError, match=match):
-            run_suite(only=only, parameters=load_parameter_file(params), out=out, quiet=True)
+            run_suite(only=only, parameters=load_parameter_file(params), out=out, progress=False)
     assert not out.exists() and no_kernel == []
 
 
@@ -510,7 +511,7 @@ def test_runner_refuses_an_unwritable_out_and_store(tmp_path, capsys, monkeypatc
 
 
 def test_runner_reports_a_full_disk_in_one_line(tmp_path, capsys, monkeypatch, no_kernel):
-    import probelib.suite as S
+    import probelib.runner as S
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "results" / "index.md"))

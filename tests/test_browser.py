@@ -37,7 +37,7 @@ def browser():
 @pytest.fixture
 def explorer_url(tmp_path):
     """A Voilà server for notebook 40 (smoke models, the store conftest gives the session); stopped after the test."""
-    from probelib.explorer import start_explorer, stop_explorer
+    from probelib.explorer_app import start_explorer, stop_explorer
 
     store = os.environ["PROBELIB_PRECOMPUTED"]
     proc, url = start_explorer({"smoke": True, "dataset": "mnist5k"}, folder=tmp_path / "served",
@@ -154,12 +154,13 @@ def test_voila_explorer_twenty_updates(browser, explorer_url, tmp_path):
 
 @pytest.fixture
 def jupyterlab_url(tmp_path):
-    """JupyterLab (no token, loopback) on a folder holding notebook 40 with smoke parameters; stopped after."""
+    """JupyterLab (no token, loopback, ``window.jupyterapp`` exposed) on a folder holding notebook 40 with
+    smoke parameters; stopped after."""
     import subprocess
     import sys
 
-    from probelib.explorer import _free_port, _wait_for_port, explorer_notebook, stop_explorer
-    from probelib.suite import _kernel_env
+    from probelib.execute import kernel_env
+    from probelib.explorer_app import _free_port, _wait_for_port, explorer_notebook, stop_explorer
 
     folder = tmp_path / "lab"
     explorer_notebook({"smoke": True, "dataset": "mnist5k"}, folder)
@@ -167,8 +168,8 @@ def jupyterlab_url(tmp_path):
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
            "--ServerApp.port_retries=0", "--IdentityProvider.token=", "--ServerApp.password=",
            f"--ServerApp.root_dir={folder}", "--allow-root", "--LabApp.news_url=None",
-           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-    env = {**os.environ, **_kernel_env(None), "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config")}
+           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.expose_app_in_browser=True"]
+    env = {**os.environ, **kernel_env(), "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config")}
     proc = subprocess.Popen(cmd, cwd=str(folder), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -179,20 +180,35 @@ def jupyterlab_url(tmp_path):
     assert proc.poll() is not None, "JupyterLab is still running"
 
 
-@pytest.mark.skipif(not os.environ.get("PROBELIB_BROWSER_LAB"),
-                    reason="flaky: timed out once in two CI runs waiting 300 s for the first setting; "
-                           "set PROBELIB_BROWSER_LAB=1 to run it (the Voilà test above runs always)")
+# Run All only once the notebook's kernel is up. JupyterLab's execution indicator reads "idle" from
+# the start, before the session has a kernel, and Run All in a session without a kernel marks every
+# cell not executed and runs nothing (the test then waited 300 s for a first setting never computed).
+NOTEBOOK_PANEL = "path => [...window.jupyterapp.shell.widgets('main')].find(w => w.context && w.context.path === path)"
+RUN_ALL_WHEN_KERNEL_READY = f"""async (path) => {{
+  const panel = ({NOTEBOOK_PANEL})(path);
+  const ready = async () => {{
+    await panel.context.ready;
+    await panel.sessionContext.ready;
+    const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
+    if (!kernel) return `${{path}} has no kernel`;
+    await kernel.info;  // the kernel answered kernel_info: started and connected
+    return 'ready';
+  }};
+  const state = await Promise.race([ready(), new Promise(r => setTimeout(() => r('no kernel within 120 s'), 120000))]);
+  if (state !== 'ready') return state;
+  window.jupyterapp.shell.activateById(panel.id);
+  // not awaited: the command resolves only when every cell has run
+  window.jupyterapp.commands.execute('notebook:run-all-cells').catch(e => console.error(e));
+  return 'running';
+}}"""
+
+
 def test_jupyterlab_explorer_widgets_render_and_figure_survives(browser, jupyterlab_url, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     page.goto(jupyterlab_url, timeout=120_000)
-    page.wait_for_selector(".jp-Notebook", timeout=120_000)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
-    page.locator(".jp-Notebook").first.click()
-    page.keyboard.press("Escape")
-    page.evaluate("() => window.jupyterapp && window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    if not page.evaluate("() => !!window.jupyterapp"):  # no global app handle: the Run menu
-        page.get_by_role("menuitem", name="Run").click()
-        page.get_by_text("Run All Cells", exact=True).click()
+    notebook = jupyterlab_url.rsplit("/", 1)[1]
+    page.wait_for_function(f"path => window.jupyterapp && !!({NOTEBOOK_PANEL})(path)", arg=notebook, timeout=120_000)
+    assert page.evaluate(RUN_ALL_WHEN_KERNEL_READY, notebook) == "running"
     ui = Page(page, tmp_path)
     s = {"dataset": "mnist5k", "model": "natural", "corruption": "gaussian_noise", "severity": 3}
     ui.wait_for_update(s, False, first_use=True)

@@ -230,7 +230,7 @@ def test_killed_notebook_run_leaves_the_previous_output_untouched(tmp_path):
     output = tmp_path / "out" / "notebooks" / "01_slow.ipynb"
     output.parent.mkdir(parents=True)
     output.write_text("the previous run's executed notebook")
-    child = ("import sys\nfrom pathlib import Path\nfrom probelib.suite import Notebook, execute_notebook\n"
+    child = ("import sys\nfrom pathlib import Path\nfrom probelib.execute import execute_notebook\nfrom probelib.runner import Notebook\n"
              "execute_notebook(Notebook(1, 'slow', Path(sys.argv[1])), Path(sys.argv[2]), {}, cwd=Path(sys.argv[3]), "
              "env={})\n")
     proc = _start(child, str(source), str(output), str(tmp_path))
@@ -247,7 +247,8 @@ def test_killed_notebook_run_leaves_the_previous_output_untouched(tmp_path):
     # the killed run's in-progress copy is swept by the next run of the same notebook
     nb.cells = [nbformat.v4.new_code_cell("1 + 1")]
     nbformat.write(nb, str(source))
-    from probelib.suite import Notebook, execute_notebook
+    from probelib.execute import execute_notebook
+    from probelib.runner import Notebook
     execute_notebook(Notebook(1, "slow", source), output, {}, cwd=tmp_path, env={})
     assert not list(output.parent.glob(".*partial*"))
     assert nbformat.read(str(output), as_version=4).cells[0].outputs[0]["data"]["text/plain"] == "2"
@@ -324,7 +325,7 @@ def test_every_file_probelib_writes_goes_through_atomic_write():
         if path.name == "store.py":  # atomic_write itself
             continue
         for line, call in _writes_outside_atomic_write(ast.parse(path.read_text())):
-            if path.name == "suite.py" and call.startswith(
+            if path.name == "execute.py" and call.startswith(
                     "papermill.execute_notebook(str(notebook.path), str(partial)"):
                 continue  # a temp name renamed onto the output (the kill test above checks it)
             offenders.append(f"{path.relative_to(REPO)}:{line}: {call}")

@@ -1,4 +1,4 @@
-"""The severity explorer (probelib.explorer): its numbers, its figures and its page's behaviour."""
+"""The severity explorer (probelib.explorer, probelib.explorer_app): its numbers, its figures and its page's behaviour."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def _fake_result(dataset, model, corruption, severity, adabn, **options):
 
 @pytest.fixture
 def fake_explorer(monkeypatch):
-    import probelib.explorer as E
+    import probelib.explorer_app as E
 
     calls = []
 
@@ -101,7 +101,7 @@ def fake_explorer(monkeypatch):
 
 
 def test_page_updates_once_per_change_and_disables_what_cannot_apply(fake_explorer):
-    from probelib.explorer import Explorer
+    from probelib.explorer_app import Explorer
 
     app = Explorer("mnist5kwo9", "natural", smoke=True, debounce_s=0)  # no event loop: updates at once
     assert app.show()["severity"] == 3 and app.updates == 1
@@ -132,7 +132,7 @@ def test_page_updates_once_per_change_and_disables_what_cannot_apply(fake_explor
 def test_page_debounces_a_run_of_changes(fake_explorer):
     import asyncio
 
-    from probelib.explorer import Explorer
+    from probelib.explorer_app import Explorer
 
     app = Explorer("mnist5k", "natural", smoke=True, debounce_s=0.2)
 
@@ -147,7 +147,7 @@ def test_page_debounces_a_run_of_changes(fake_explorer):
 
 
 def test_page_shows_an_error_and_the_first_render_raises_it(fake_explorer):
-    from probelib.explorer import Explorer
+    from probelib.explorer_app import Explorer
 
     app = Explorer("mnist5k", "natural", eps=-1, smoke=True, debounce_s=0)
     with pytest.raises(ValueError, match="eps .*positive number"):

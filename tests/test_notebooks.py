@@ -1,7 +1,7 @@
 """Every notebook in notebooks/ runs under papermill with smoke parameters, in suite order.
 
 Notebooks are discovered, so a new ``NN_name.ipynb`` is covered without editing this file. The
-suite runs once per session through the runner itself (``probelib.suite.run_suite``), with
+suite runs once per session through the runner itself (``probelib.runner.run_suite``), with
 ``results_dir`` in a temporary folder and one artifact store shared by all notebooks (so the
 smoke models ``00_precompute`` trains are reused by the later notebooks); each notebook then
 gets its own test result, and its outputs are checked: the files it must write under
@@ -18,7 +18,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from probelib.suite import DEFAULT_NOTEBOOKS, discover_notebooks, notebook_parameters, run_suite
+from probelib.parameters import notebook_parameters
+from probelib.runner import DEFAULT_NOTEBOOKS, discover_notebooks, run_suite
 
 NOTEBOOKS = discover_notebooks(DEFAULT_NOTEBOOKS) if DEFAULT_NOTEBOOKS.is_dir() else []
 REQUIRED_PARAMETERS = {"dataset", "smoke", "device", "results_dir"}
@@ -81,8 +82,7 @@ def suite_run(request, tmp_path_factory):
     store = tmp_path_factory.getbasetemp() / "precomputed"  # the store conftest gives every test
     out = tmp_path_factory.mktemp("suite-results")
     return run_suite(notebooks_dir=DEFAULT_NOTEBOOKS, only=stems, smoke=True, out=out,
-                     env={"PROBELIB_PRECOMPUTED": str(store)}, keep_going=True,
-                     progress_bar=False)
+                     env={"PROBELIB_PRECOMPUTED": str(store)}, keep_going=True)
 
 
 @pytest.mark.parametrize("stem", [nb.stem for nb in NOTEBOOKS])

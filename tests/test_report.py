@@ -1,5 +1,5 @@
 """The results report (probelib.report): the claim table from structured verdicts, one template for
-md and html; and the runner's per-cell progress lines (probelib.suite.CellProgress)."""
+md and html; and the runner's per-cell progress lines (probelib.execute.CellProgress)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
 from probelib import report as R
-from probelib.suite import CellProgress, Notebook, NotebookResult, run_suite, verdict
-from probelib.suite import write_report as suite_write_report
+from probelib.execute import CellProgress
+from probelib.report import verdict
+from probelib.runner import Notebook, NotebookResult, run_suite
 
 INFO = {"started": "2026-01-01T00:00:00+00:00", "elapsed_s": 3.0, "dataset": None, "smoke": True,
         "fresh": False, "overrides": {}}
@@ -78,7 +79,7 @@ def test_one_template_renders_both_formats(tmp_path):
     (tmp_path / "tables").mkdir()
     (tmp_path / "tables" / "t.csv").write_text("i,a\n0,1\n")
     results[0].tables = ["t"]
-    index_md, index_html = suite_write_report(tmp_path, results, INFO)  # still importable from probelib.suite
+    index_md, index_html = R.write_report(tmp_path, results, INFO)
     md, html = index_md.read_text(), index_html.read_text()
     sections = ["Claims", "Parameters", "Notebooks", "Verdicts", "Tables", "Figures"]
     assert re.findall(r"^## (\w+)", md, re.M) == sections
@@ -154,7 +155,7 @@ def test_run_prints_progress_inside_a_notebook(tmp_path, capsys):
                              new_code_cell("import sys, time\nprint('loading the model')\nfor i in range(3):\n"
                                            "    print(f'batch {i + 1}/3', file=sys.stderr, flush=True)\n"
                                            "    time.sleep(0.2)\n"),
-                             new_code_cell("from probelib.suite import verdict\nprint('scored', 42)\n"
+                             new_code_cell("from probelib.report import verdict\nprint('scored', 42)\n"
                                            "verdict('tiny: YES', claim='tiny claim', paper='YES', result='YES', p=0.5)")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, folder / "01_tiny.ipynb")

@@ -1,4 +1,4 @@
-"""The suite runner (probelib.suite) on tiny notebooks written into a temporary folder."""
+"""The suite runner (probelib.runner) on tiny notebooks written into a temporary folder."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from probelib.__main__ import main
-from probelib.suite import (VERDICT_PREFIX, collect_verdicts, discover_notebooks, load_parameter_file,
-                            parse_parameter_value, run_suite, select_notebooks)
+from probelib.parameters import load_parameter_file, parse_parameter_value
+from probelib.report import VERDICT_PREFIX, collect_verdicts
+from probelib.runner import discover_notebooks, run_suite, select_notebooks
 
 GOOD = '''\
 import os, sys
@@ -20,7 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
-from probelib.suite import save_table, save_figure, verdict
+from probelib.report import save_table, save_figure, verdict
 print("EXECUTABLE", sys.executable)
 print("FRESH", os.environ.get("PROBELIB_FRESH_SINCE"))
 save_table(pd.DataFrame({"alpha": [alpha], "dataset": [dataset]}), "tab_good", results_dir)
@@ -175,7 +176,7 @@ def test_verdict_prefix_is_what_collect_reads(tmp_path):
 
 
 def test_eta_from_the_previous_run_of_the_same_size(tmp_path):
-    from probelib.suite import _eta, _previous_times
+    from probelib.runner import _eta, _previous_times
 
     (tmp_path / "suite.json").write_text(json.dumps({"notebooks": {
         "00_a": {"status": "ok", "elapsed_s": 540.0, "parameters": {}},
@@ -192,7 +193,8 @@ def test_eta_from_the_previous_run_of_the_same_size(tmp_path):
 
 
 def test_report_lists_each_verdict_once(tmp_path):
-    from probelib.suite import Notebook, NotebookResult, write_report
+    from probelib.report import write_report
+    from probelib.runner import Notebook, NotebookResult
 
     nb = new_notebook(cells=[new_code_cell("", outputs=[
         nbformat.v4.new_output("stream", name="stdout", text=f"{VERDICT_PREFIX}A: YES\n{VERDICT_PREFIX}B: NO\n"),

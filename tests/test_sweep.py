@@ -1,4 +1,4 @@
-"""Sweeps (probelib.sweep): grid validation before anything runs, Ray vs local, kill and resume.
+"""Sweeps (probelib.grid, probelib.sweep): grid validation before anything runs, Ray vs local, kill and resume.
 
 The slow tests run a 4-run grid on ``digits`` (notebook 01, smoke sizes, natural + TRADES):
 once with the local engine, killed after two runs finished and resumed, once on a local Ray
@@ -18,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from probelib.sweep import DONE_MARKER, GridError, load_grid, parse_grid, plan_runs, run_sweep
+from probelib.grid import DONE_MARKER, GridError, load_grid, parse_grid, plan_runs
+from probelib.sweep import run_sweep
 
 GRID = """\
 only: [01]
@@ -55,7 +56,7 @@ def _grid_file(tmp_path: Path, text: str = GRID) -> Path:
 def test_bad_grid_refused_before_anything_runs(tmp_path, text, words):
     out = tmp_path / "sweep"
     with pytest.raises(GridError) as err:
-        run_sweep(load_grid(_grid_file(tmp_path, text), out=out), engine="local", quiet=True)
+        run_sweep(load_grid(_grid_file(tmp_path, text), out=out), engine="local", progress=False)
     for w in words:
         assert w in str(err.value)
     assert not out.exists()  # nothing was written, nothing ran
@@ -131,7 +132,7 @@ def local_sweep(repo_root, tmp_path_factory):
         proc.stderr.close()
     before = _markers(out)
     grid = load_grid(grid_file, out=out, store=store)
-    resumed = run_sweep(grid, engine="local", quiet=True)
+    resumed = run_sweep(grid, engine="local", progress=False)
     return {"grid": grid, "before": before, "resumed": resumed, "out": out}
 
 
@@ -161,7 +162,7 @@ def test_ray_and_local_engines_give_the_same_cross_run_table(local_sweep, tmp_pa
     # its own store: the Ray runs train and score everything again
     grid = load_grid(grid_file, out=tmp_path / "out", store=tmp_path / "store")
     try:
-        result = run_sweep(grid, engine="ray", num_cpus=2, quiet=True)
+        result = run_sweep(grid, engine="ray", num_cpus=2, progress=False)
     finally:
         initialised = ray.is_initialized()
         ray.shutdown()

@@ -1,0 +1,358 @@
+"""The notebook suite: the ordered notebook list and the runner (``python -m probelib run``).
+
+Notebooks live in ``notebooks/`` as ``NN_name.ipynb`` and run in the order of ``NN``.
+:func:`run_suite` executes them (:func:`probelib.execute.execute_notebook`: papermill in a kernel
+of the current interpreter), writes each executed notebook atomically to ``<out>/notebooks/``,
+stops at the first failing cell (keeping that notebook with its traceback), and writes
+``<out>/index.md`` and ``<out>/index.html`` (:mod:`probelib.report`). While it runs it prints one
+line per notebook with an estimate of the time left (from the previous run's per-notebook times)
+and, inside each notebook, the cell being run and its latest output line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from probelib._util import unknown_name
+from probelib.execute import CellProgress, execute_notebook, kernel_env
+from probelib.parameters import RESERVED, check_parameters, notebook_parameters
+from probelib.report import _fmt_time, _load_manifest, _snapshot, _stems, _version, write_report
+
+__all__ = ["Notebook", "DEFAULT_NOTEBOOKS", "discover_notebooks", "select_notebooks", "NotebookResult",
+           "SuiteResult", "check_writable_dir", "run_suite"]
+
+
+# --------------------------------------------------------------------------- the notebook list
+
+NOTEBOOK_FILE = re.compile(r"^(?P<number>\d+)_(?P<name>[A-Za-z0-9][\w-]*)\.ipynb$")
+DEFAULT_NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+DEFAULT_FAMILY = "mnist5k"
+
+
+@dataclass(frozen=True)
+class Notebook:
+    """One suite notebook ``NN_name.ipynb``: its number, short name and path."""
+
+    number: int
+    name: str  # "pixel_ncg"
+    path: Path
+
+    @property
+    def stem(self) -> str:
+        """The file name without ``.ipynb``, e.g. ``"01_pixel_ncg"``."""
+        return self.path.stem
+
+
+def discover_notebooks(folder: str | os.PathLike | None = None) -> list[Notebook]:
+    """The ``NN_name.ipynb`` notebooks in ``folder`` (default: the project's ``notebooks/``), in order."""
+    folder = Path(folder) if folder is not None else DEFAULT_NOTEBOOKS
+    if not folder.is_dir():
+        raise FileNotFoundError(f"notebook folder {str(folder)!r} does not exist; pass --notebooks DIR "
+                                "pointing at the folder that holds the NN_name.ipynb notebooks")
+    found = []
+    for path in folder.iterdir():
+        m = NOTEBOOK_FILE.match(path.name)
+        if m and path.is_file():
+            found.append(Notebook(int(m["number"]), m["name"], path.resolve()))
+    return sorted(found, key=lambda nb: (nb.number, nb.name))
+
+
+def _match(token: str, notebooks: Sequence[Notebook]) -> list[Notebook]:
+    token = token.strip()
+    if token.endswith(".ipynb"):
+        token = token[:-len(".ipynb")]
+    token = Path(token).name
+    span = re.fullmatch(r"(\d+)-(\d+)", token)
+    if span:
+        lo, hi = int(span[1]), int(span[2])
+        hits = [nb for nb in notebooks if lo <= nb.number <= hi]
+    elif token.isdigit():
+        hits = [nb for nb in notebooks if nb.number == int(token)]
+    else:
+        hits = [nb for nb in notebooks if token in (nb.stem, nb.name)]
+    if not hits:
+        valid = [nb.stem for nb in notebooks] + [nb.name for nb in notebooks]
+        raise unknown_name("notebook", token, valid)
+    return hits
+
+
+def _tokens(values: Iterable[str] | str | None) -> list[str]:
+    if values is None:
+        return []
+    if isinstance(values, (str, int)):
+        values = [values]
+    return [t for v in values for t in str(v).split(",") if t.strip()]
+
+
+def select_notebooks(notebooks: Sequence[Notebook], only: Iterable[str] | str | None = None,
+                     skip: Iterable[str] | str | None = None) -> list[Notebook]:
+    """The notebooks to run: ``only`` (if given) minus ``skip``, in suite order.
+
+    Each token is a number (``3`` or ``03``), a range (``30-33``), a file stem (``03_chi_square``)
+    or a short name (``chi_square``); comma-separated lists work too. An unknown token raises
+    a ValueError listing the valid names.
+    """
+    chosen = list(notebooks)
+    only_tokens, skip_tokens = _tokens(only), _tokens(skip)
+    if only_tokens:
+        wanted = {nb.path for t in only_tokens for nb in _match(t, notebooks)}
+        chosen = [nb for nb in chosen if nb.path in wanted]
+    dropped = {nb.path for t in skip_tokens for nb in _match(t, notebooks)}
+    return [nb for nb in chosen if nb.path not in dropped]
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class NotebookResult:
+    """What running one notebook gave: its status, output notebook, time and outputs."""
+
+    notebook: Notebook
+    status: str  # "ok", "failed", "not run"
+    output: Path | None = None
+    elapsed_s: float | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    tables: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class SuiteResult:
+    """The outcome of :func:`run_suite`: per-notebook results and the report's paths."""
+
+    out: Path
+    results: list[NotebookResult]
+    index_md: Path
+    index_html: Path
+    elapsed_s: float
+
+    @property
+    def ok(self) -> bool:
+        """True when every selected notebook ran without error."""
+        return all(r.status == "ok" for r in self.results)
+
+    @property
+    def failed(self) -> NotebookResult | None:
+        """The notebook that failed, if any."""
+        return next((r for r in self.results if r.status == "failed"), None)
+
+
+def _first_error(nb_path: Path) -> str | None:
+    import nbformat
+
+    try:
+        nb = nbformat.read(str(nb_path), as_version=4)
+    except Exception:  # pragma: no cover - an unreadable output is reported as such
+        return None
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                return f"{out.get('ename')}: {out.get('evalue')}"
+    return None
+
+
+def check_writable_dir(path: Path, what: str, fix: str) -> None:
+    """Raise a one-line error unless ``path`` is (or can be created as) a folder this process can write in.
+
+    The check writes and removes a probe file, so it holds for root, read-only mounts and ACLs alike;
+    a folder that does not exist yet is not created (its nearest existing parent is probed).
+    """
+    import errno
+    import tempfile
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a file, not a folder; {fix}")
+    probe_dir = path
+    while not probe_dir.exists():
+        if probe_dir.parent == probe_dir:
+            break
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise ValueError(f"{what} {str(path)!r} cannot be created: {str(probe_dir)!r} is a file; {fix}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".probelib-write-check-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = ("the disk is full" if err.errno == errno.ENOSPC else
+                  "it is on a read-only file system" if err.errno == errno.EROFS else
+                  "permission denied" if err.errno in (errno.EACCES, errno.EPERM) else err.strerror or str(err))
+        raise ValueError(f"{what} {str(path)!r} is not writable ({reason} in {str(probe_dir)!r}); {fix}") from None
+
+
+def _default_out(dataset: str | None) -> Path:
+    family = DEFAULT_FAMILY
+    if dataset:
+        from probelib.data import parse_name
+
+        family = parse_name(dataset)[0]
+    from probelib.paths import project_path
+
+    return project_path("results") / family
+
+
+def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | None = None,
+              only: Iterable[str] | str | None = None, skip: Iterable[str] | str | None = None,
+              parameters: Mapping[str, Any] | None = None, smoke: bool = False,
+              out: str | os.PathLike | None = None, fresh: bool = False,
+              cwd: str | os.PathLike | None = None, execution_timeout: float | None = None,
+              env: Mapping[str, str] | None = None, keep_going: bool = False, progress: bool = True,
+              progress_every: float = 10.0) -> SuiteResult:
+    """Run the ordered notebooks with papermill and write the results report.
+
+    ``dataset`` goes to notebooks that declare a ``dataset`` parameter (None keeps each
+    notebook's default); ``parameters`` (papermill overrides) go to every notebook declaring
+    them, and a name that no selected notebook declares raises ValueError before anything runs.
+    ``smoke`` passes ``smoke=True``; ``results_dir`` is always ``out`` (default
+    ``results/<dataset family>``). ``fresh`` makes the kernels' artifact store recompute what it
+    holds (``PROBELIB_FRESH_SINCE`` = the start time), once, without deleting anything.
+    The run stops at the first failing notebook; ``SuiteResult.failed`` names it and its
+    output notebook keeps the traceback. ``cwd`` (default: the notebook folder's parent) is
+    where the kernels run, so a relative ``precomputed/`` store lands in the project root.
+    ``env`` adds variables to the kernels' environment (e.g. ``PROBELIB_PRECOMPUTED``);
+    ``keep_going`` runs the remaining notebooks after a failure (the result still fails).
+    With ``progress`` (the default), one line per notebook (with the time left by the last run's
+    times) and, while it runs, its progress (:class:`~probelib.execute.CellProgress`: the code cell
+    being run and the notebook's latest output line, at most one line every ``progress_every``
+    seconds) are printed; ``progress=False`` prints nothing.
+    """
+    say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
+    # ---- check everything before writing anything
+    all_notebooks = discover_notebooks(notebooks_dir)
+    if not all_notebooks:
+        raise FileNotFoundError(f"no NN_name.ipynb notebooks in {str(notebooks_dir or DEFAULT_NOTEBOOKS)!r}")
+    chosen = select_notebooks(all_notebooks, only=only, skip=skip)
+    if not chosen:
+        raise ValueError("--only/--skip left no notebook to run; valid notebooks: "
+                         + ", ".join(nb.stem for nb in all_notebooks))
+    overrides = dict(parameters or {})
+    for key in RESERVED:
+        if key in overrides:
+            raise ValueError(f"parameter {key!r} is set by the runner; use --out DIR (out=...) instead")
+    declared = {nb.stem: notebook_parameters(nb) for nb in chosen}
+    known = set().union(*declared.values())
+    for key in overrides:
+        if key not in known:
+            raise unknown_name("parameter", key, known or ["(none declared)"])
+    check_parameters(overrides, declared)  # types and ranges, before any kernel starts
+    if execution_timeout is not None and not (isinstance(execution_timeout, (int, float))
+                                              and not isinstance(execution_timeout, bool)
+                                              and math.isfinite(execution_timeout) and execution_timeout > 0):
+        raise ValueError(f"--timeout must be a finite number of seconds > 0 (or omitted for none), "
+                         f"got {execution_timeout!r}")
+    if dataset is not None:
+        from probelib.data import parse_name
+
+        parse_name(dataset)  # an unknown dataset name fails here, before any notebook runs
+    out = (Path(out) if out is not None else _default_out(dataset)).resolve()
+    cwd = Path(cwd).resolve() if cwd is not None else chosen[0].path.parent.parent
+    check_writable_dir(out, "--out", "pass --out DIR naming a folder you can write to")
+    store_root = Path(dict(env or {}).get("PROBELIB_PRECOMPUTED") or os.environ.get("PROBELIB_PRECOMPUTED")
+                      or "precomputed")
+    store_root = store_root if store_root.is_absolute() else cwd / store_root
+    check_writable_dir(store_root, "the artifact store", "make it writable, or point PROBELIB_PRECOMPUTED at "
+                       "a writable folder")
+    if not (isinstance(progress_every, (int, float)) and math.isfinite(progress_every) and progress_every >= 0):
+        raise ValueError(f"progress_every must be a finite number of seconds >= 0, got {progress_every!r}")
+
+    started = time.time()
+    env = {**kernel_env(started if fresh else None), **dict(env or {})}
+    results: list[NotebookResult] = []
+    for nb in chosen:
+        params: dict[str, Any] = {"results_dir": str(out)}
+        if dataset is not None and "dataset" in declared[nb.stem]:
+            params["dataset"] = dataset
+        if smoke and "smoke" in declared[nb.stem]:
+            params["smoke"] = True
+        params.update({k: v for k, v in overrides.items() if k in declared[nb.stem]})
+        results.append(NotebookResult(nb, "not run", parameters=params))
+
+    say(f"probelib {_version()}: {len(chosen)} notebook(s) -> {out}"
+        + (" [smoke]" if smoke else "") + (" [fresh]" if fresh else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    previous = _previous_times(out)  # progress hook: the ETA comes from the last run's per-notebook times
+    n = len(results)
+    for i, res in enumerate(results, 1):
+        nb = res.notebook
+        say(f"[{i}/{n}] {nb.stem} ... (elapsed {_fmt_time(time.time() - started)}"
+            f"{_eta([r.notebook.stem for r in results[i - 1:]], previous, smoke)})")
+        before = _snapshot(out)
+        t0 = time.time()
+        output = out / "notebooks" / nb.path.name
+        cells = CellProgress(f"[{i}/{n}] {nb.stem}", say, progress_every) if progress else None
+        try:
+            with cells or contextlib.nullcontext():
+                execute_notebook(nb, output, res.parameters, cwd=cwd, env=env,
+                                 execution_timeout=execution_timeout, progress=cells)
+            res.status = "ok"
+        except Exception as err:  # papermill's execution error, a dead kernel, a timeout
+            res.status = "failed"
+            res.error = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+        res.elapsed_s = time.time() - t0
+        res.output = output if output.exists() else None
+        after = _snapshot(out)
+        changed = [p for p, t in after.items() if before.get(p) != t]
+        res.tables, res.figures = _stems(changed, "tables"), _stems(changed, "figures")
+        if res.status == "failed":
+            if res.output is not None:
+                res.error = _first_error(res.output) or res.error
+            say(f"[{i}/{n}] {nb.stem} FAILED after {res.elapsed_s:.1f} s: {res.error}")
+            where = res.output if res.output is not None else "(no output notebook was written)"
+            say(f"  executed notebook with the traceback: {where}")
+            if not keep_going:
+                break
+            continue
+        say(f"[{i}/{n}] {nb.stem} ok in {res.elapsed_s:.1f} s")
+
+    elapsed = time.time() - started
+    run_info = {"started": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds"),
+                "elapsed_s": round(elapsed, 1), "dataset": dataset, "smoke": smoke, "fresh": fresh,
+                "overrides": overrides, "notebooks_dir": str(chosen[0].path.parent),
+                "command": " ".join(["python -m probelib run"] + sys.argv[2:]) if _from_cli() else None}
+    index_md, index_html = write_report(out, results, run_info)
+    failed = [r.notebook.stem for r in results if r.status == "failed"]
+    if not failed:
+        say(f"done: {n} notebook(s) in {_fmt_time(elapsed)}; report: {index_md}")
+    elif keep_going:
+        say(f"{len(failed)} notebook(s) failed ({', '.join(failed)}); report: {index_md}")
+    else:
+        say(f"stopped at {failed[0]}; report so far: {index_md}")
+    return SuiteResult(out, results, index_md, index_html, elapsed)
+
+
+def _previous_times(out: Path) -> dict[str, dict[str, Any]]:
+    """Per-notebook ``{"elapsed_s", "smoke"}`` of the runs recorded in ``out``'s manifest."""
+    manifest = _load_manifest(out)
+    times = {}
+    for stem, e in (manifest.get("notebooks") or {}).items():
+        if isinstance(e, dict) and e.get("status") == "ok" and isinstance(e.get("elapsed_s"), (int, float)):
+            smoke = bool((e.get("parameters") or {}).get("smoke", False))
+            times[stem] = {"elapsed_s": float(e["elapsed_s"]), "smoke": smoke}
+    return times
+
+
+def _eta(remaining: Sequence[str], previous: Mapping[str, Mapping[str, Any]], smoke: bool) -> str:
+    """``"; this one ~m:ss, left ~m:ss"`` from earlier runs of the same size, or "" when unknown."""
+    known = [previous[s]["elapsed_s"] for s in remaining if s in previous and previous[s]["smoke"] == smoke]
+    if not remaining or remaining[0] not in previous or previous[remaining[0]]["smoke"] != smoke:
+        return "" if not known else f"; left ≥ ~{_fmt_time(sum(known))} by the last run's times"
+    left = f"~{_fmt_time(sum(known))}" if len(known) == len(remaining) else f"≥ ~{_fmt_time(sum(known))}"
+    return f"; last run took {_fmt_time(previous[remaining[0]]['elapsed_s'])}, left {left}"
+
+
+def _from_cli() -> bool:
+    return len(sys.argv) > 1 and sys.argv[1] == "run"
+

@@ -1,8 +1,9 @@
-"""The severity explorer in a real browser: Voilà serves notebook 40, Playwright drives the system
-Chromium (Debian's ``chromium``; Playwright's own browser download does not work offline).
+"""The severity explorer in a real browser: Voilà serves notebook 40, and JupyterLab opens it;
+Playwright drives the system Chromium (Debian's ``chromium``; Playwright's own browser download
+does not work offline).
 
-Slow (about 2 minutes, most of it training the two smoke models into the session's private
-store on first use); ``-m "not slow"`` skips it. Screenshots land in the test's temporary folder.
+Slow (a few minutes each, most of it training the smoke models into the session's private store
+on first use); ``-m "not slow"`` skips them. Screenshots land in each test's temporary folder.
 """
 
 from __future__ import annotations

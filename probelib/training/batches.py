@@ -15,30 +15,41 @@ from probelib.data.core import as_tensors
 from probelib.data.fingerprint import file_digest
 from probelib.store import fingerprint
 
-__all__ = ["AUGMENTS", "augment_batch", "subsample", "labels_of", "in_memory", "batches", "data_signature"]
+__all__ = ["AUGMENTS", "augment_batch", "crop_and_flip", "subsample", "labels_of", "in_memory", "batches",
+           "data_signature"]
 
 AUGMENTS = ("none", "crop", "crop+flip")
 
 
 def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator | None = None,
                   padding: int = 4) -> torch.Tensor:
-    """Random crop (zero padding ``padding``, then crop back to size) and optional horizontal flip.
+    """The training augmentation: ``none``, ``crop`` (zero-pad ``padding``, random crop back to
+    size) or ``crop+flip`` (plus a horizontal flip, p = ½), vectorised per batch.
 
-    Vectorised per batch; offsets and flips come from ``generator`` (CPU) so runs are reproducible.
+    Offsets, then flips, are drawn from ``generator`` (CPU) so runs are reproducible.
     """
     check_choice("augment", kind, AUGMENTS)
     if kind == "none":
         return x
+    off = torch.randint(0, 2 * padding + 1, (2, len(x)), generator=generator)
+    flip = torch.rand(len(x), generator=generator) < 0.5 if kind == "crop+flip" else None
+    return crop_and_flip(x, off[0], off[1], flip, padding)
+
+
+def crop_and_flip(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, flip: torch.Tensor | None = None,
+                  padding: int = 4) -> torch.Tensor:
+    """Images ``x`` (N×C×H×W) zero-padded by ``padding``, cropped back to H×W at row/column offsets
+    ``rows``/``cols`` (N each, in 0..2·padding) and, where ``flip`` (N booleans), mirrored left-right.
+    The geometry of :func:`augment_batch`, for callers that draw the offsets their own way."""
     n, c, h, w = x.shape
+    dev = x.device
     padded = F.pad(x, (padding,) * 4)
-    off = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(x.device)
-    rows = (off[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (off[1][:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    out = padded[torch.arange(n, device=x.device)[:, None, None, None],
-                 torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
-    if kind == "crop+flip":
-        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-        out = torch.where(flip[:, None, None, None], out.flip(3), out)
+    r = (rows.to(dev)[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+    q = (cols.to(dev)[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+    n_idx, c_idx = torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None]
+    out = padded[n_idx, c_idx, r, q]
+    if flip is not None:
+        out = torch.where(flip.to(dev)[:, None, None, None], out.flip(3), out)
     return out
 
 

@@ -115,7 +115,8 @@ class TrainConfig:
             raise unknown_name("training method", self.method, METHODS)
         if self.method in ("trades", "at"):
             if self.eps is None:
-                raise ValueError(f"method={self.method!r} needs eps (the L2 perturbation budget), e.g. eps=2.0 on MNIST")
+                raise ValueError(f"method={self.method!r} needs eps (the L2 perturbation budget), "
+                                 "e.g. eps=2.0 on MNIST")
             check_positive("eps", self.eps, f"method={self.method!r} needs a positive L2 budget, e.g. eps=2.0")
         for name, what in (("epochs", "epochs"), ("batch_size", "batch_size"), ("steps", "steps (inner attack steps)")):
             value = getattr(self, name)

@@ -108,7 +108,8 @@ def _check_inputs(model: nn.Module, splits: Any, cfg: TrainConfig, device: torch
         raise TypeError(f"cfg must be a TrainConfig (see probelib.training.default_config), got {type(cfg).__name__}")
     for part in ("train", "test"):
         if not hasattr(splits, part):
-            raise TypeError(f"splits must have .train and .test datasets (probelib.data.Splits), got {type(splits).__name__}")
+            raise TypeError("splits must have .train and .test datasets (probelib.data.Splits), "
+                            f"got {type(splits).__name__}")
     if len(splits.train) == 0:
         raise ValueError("splits.train is empty: nothing to train on")
     if cfg.method == "mixup" and (cfg.batch_size < 2 or len(splits.train) < 2):

@@ -4,7 +4,7 @@ A TRADES or AT step costs about 11 forward+backward passes (10 attack steps + th
 an epoch can't be cheaper than 11 plain training passes over the same batches. This bench
 measures, in one run on the embedded default (mnist5kwo9, CNN002, batch 128), the floor
 (11 × forward + cross-entropy + backward with parameter gradients, train mode, per batch),
-one epoch of probelib's ``train(method="trades")`` and ``train(method="at")`` (the training
+one epoch of probelib's ``train`` with method="trades" and with method="at" (the training
 pass only, as the history's ``seconds``), and one natural epoch for reference. The four are
 interleaved over ``--rounds`` rounds and each keeps its minimum (the least disturbed by other
 jobs on a shared machine); the table also lists every round's time.

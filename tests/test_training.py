@@ -65,7 +65,7 @@ def test_trades_loss_matches_a_direct_computation():
     model, x, y = _tiny()
     model.train()
     eps, beta, steps = 0.5, 6.0, 10
-    loss, _, _ = trades_loss(model, x, y, eps, beta, steps, torch.Generator().manual_seed(1))
+    loss, _, _ = trades_loss(model, x, y, eps, beta=beta, steps=steps, generator=torch.Generator().manual_seed(1))
     # 1 clean + 10 inner forwards in eval mode, then the outer clean + adversarial forwards in train mode.
     assert model.modes == [False] * 11 + [True, True]
     # Independent version: for a linear model, grad_δ KL(p‖q(x+δ)) = Wᵀ(q − p) in closed form.
@@ -126,7 +126,7 @@ def test_at_loss_matches_a_direct_pgd():
     model, x, y = _tiny()
     model.train()
     eps, steps = 0.5, 10
-    loss, logits, _ = at_loss(model, x, y, eps, steps, torch.Generator().manual_seed(3))
+    loss, logits, _ = at_loss(model, x, y, eps, steps=steps, generator=torch.Generator().manual_seed(3))
     assert model.modes[-1] is True and set(model.modes[:-1]) == {False}
     W, b = model.linear.weight.detach(), model.linear.bias.detach()
     xf = x.flatten(1)
@@ -151,7 +151,7 @@ def test_mixup_loss_matches_a_direct_computation():
     g0 = torch.Generator().manual_seed(5)
     x = torch.rand(5, 1, 2, 3, generator=g0)  # odd: the last sample is dropped
     y = torch.tensor([0, 1, 2, 2, 1])
-    loss, _, labels = mixup_loss(model, x, y, C, 1.0, torch.Generator().manual_seed(7))
+    loss, _, labels = mixup_loss(model, x, y, C, alpha=1.0, generator=torch.Generator().manual_seed(7))
     lam = float(torch.rand((), generator=torch.Generator().manual_seed(7)))
     xm = lam * x[:2] + (1 - lam) * x[2:4]
     t = lam * F.one_hot(y[:2], C).float() + (1 - lam) * F.one_hot(y[2:4], C).float()

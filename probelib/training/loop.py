@@ -38,8 +38,9 @@ class TrainingDivergedError(RuntimeError):
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, data: Dataset, batch_size: int = 512, device: str | torch.device | None = None,
-                      *, amp: bool = False, channels_last: bool = False) -> float:
+def evaluate_accuracy(model: nn.Module, data: Dataset, *, batch_size: int = 512,
+                      device: str | torch.device | None = None, amp: bool = False,
+                      channels_last: bool = False) -> float:
     """Clean accuracy of ``model`` on ``data`` (eval mode; the model's modes are restored)."""
     device = default_device(device)
     correct = total = 0
@@ -207,10 +208,10 @@ def train(model: nn.Module, splits: Any, cfg: TrainConfig, *, device: str | torc
         if method == "natural":
             return natural_loss(net, x, y)
         if method == "trades":
-            return trades_loss(net, x, y, cfg.eps, cfg.beta, cfg.steps, generator)
+            return trades_loss(net, x, y, cfg.eps, beta=cfg.beta, steps=cfg.steps, generator=generator)
         if method == "at":
-            return at_loss(net, x, y, cfg.eps, cfg.steps, generator)
-        return mixup_loss(net, x, y, num_classes, cfg.mixup_alpha, generator)
+            return at_loss(net, x, y, cfg.eps, steps=cfg.steps, generator=generator)
+        return mixup_loss(net, x, y, num_classes, alpha=cfg.mixup_alpha, generator=generator)
 
     progress = progress and distributed.is_main_process()
     epoch_bar = tqdm(range(start, epochs), desc=f"train {method}", initial=start, total=epochs,

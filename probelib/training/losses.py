@@ -40,7 +40,7 @@ def _randn(shape: torch.Size, generator: torch.Generator | None, like: torch.Ten
     return torch.randn(shape, generator=generator, device="cpu", dtype=torch.float32).to(like.device, like.dtype)
 
 
-def trades_adversary(model: nn.Module, x: torch.Tensor, eps: float, steps: int = 10,
+def trades_adversary(model: nn.Module, x: torch.Tensor, eps: float, *, steps: int = 10,
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """TRADES' L2 inner maximisation (eval mode; see the module docstring). Returns x_adv (detached).
 
@@ -66,18 +66,18 @@ def trades_adversary(model: nn.Module, x: torch.Tensor, eps: float, steps: int =
     return (x + delta).clamp(lo, hi).detach()
 
 
-def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, beta: float = 6.0,
+def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, beta: float = 6.0,
                 steps: int = 10, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """TRADES: CE(f(x), y) + β·KL(p_clean ‖ p_adv) (sum over classes, batch mean), in train mode."""
-    x_adv = trades_adversary(model, x, eps, steps, generator)
+    x_adv = trades_adversary(model, x, eps, steps=steps, generator=generator)
     logits = model(x)
     logits_adv = model(x_adv)
     kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1), reduction="sum") / len(x)
     return F.cross_entropy(logits, y) + beta * kl, logits, y
 
 
-def at_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10,
+def at_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int = 10,
             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Adversarial training: CE on 10-step L2 PGD examples (made in eval mode), in train mode.
 
@@ -88,7 +88,7 @@ def at_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step
     return F.cross_entropy(logits, y), logits, y
 
 
-def mixup_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, alpha: float = 1.0,
+def mixup_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, *, alpha: float = 1.0,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Mixup as NCG's ``mixupce``: first half mixed with the second, KL(batchmean) to mixed one-hots.
 

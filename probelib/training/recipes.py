@@ -70,7 +70,7 @@ _FEATURE_AT_EPS = {"mnist5k": 2.0, "mnist": 2.0, "digits": 2.0, "cifar10": 1.0, 
                    "cifar100coarse": 1.0, "imgnet100": 1.0}
 
 
-def default_config(dataset: str, method: str = "natural", eps: float | None = None, paper: str = "ncg",
+def default_config(dataset: str, method: str = "natural", eps: float | None = None, *, paper: str = "ncg",
                    space: str = "pixel", beta: float = 6.0, seed: int = 0, **overrides: Any) -> TrainConfig:
     """The paper's training settings for ``dataset``'s family (``…woK`` names share their base's).
 

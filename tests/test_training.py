@@ -168,6 +168,27 @@ def _mlp_config(method, eps=None, **kw):
     return TrainConfig(**base)
 
 
+def test_augmentation_is_a_crop_and_flip_of_the_padded_image():
+    from probelib.training.batches import augment_batch, crop_and_flip
+
+    x = torch.rand(5, 2, 8, 8)
+    out = augment_batch(x, "crop+flip", torch.Generator().manual_seed(0), padding=2)
+    g = torch.Generator().manual_seed(0)  # the same draws: offsets, then flips
+    off, flip = torch.randint(0, 5, (2, 5), generator=g), torch.rand(5, generator=g) < 0.5
+    padded = F.pad(x, (2, 2, 2, 2))
+    for i in range(5):
+        crop = padded[i, :, off[0, i]:off[0, i] + 8, off[1, i]:off[1, i] + 8]
+        assert torch.equal(out[i], crop.flip(-1) if flip[i] else crop)
+    assert torch.equal(out, crop_and_flip(x, off[0], off[1], flip, padding=2))
+    assert augment_batch(x, "none") is x
+
+
+def test_train_takes_a_train_config():
+    splits = _small_splits(16)
+    with pytest.raises(TypeError, match="cfg must be a TrainConfig"):
+        train(build_model("LargeMLP", num_classes=9, in_features=784), splits, {"epochs": 1})
+
+
 @pytest.mark.slow
 def test_trades_and_at_are_more_robust_than_natural(tmp_path):
     """A short run on mnist5kwo9 (2 400 images, 8 epochs, an MLP on pixels so that it stays fast):

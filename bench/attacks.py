@@ -38,7 +38,7 @@ from probelib._util import seed_everything  # noqa: E402
 from probelib.attacks import best_of_l2, cw_l2, ddn_l2, fmn_l2, predict  # noqa: E402
 from probelib.data import load_dataset  # noqa: E402
 from probelib.models import build_model  # noqa: E402
-from probelib.training import subsample, train  # noqa: E402
+from probelib.training import TrainConfig, subsample, train  # noqa: E402
 
 PAPER_CW = dict(binary_search_steps=9, steps=10000, stepsize=1e-2, initial_const=1e-3, abort_early=True)
 METHODS = ("natural", "trades", "at")
@@ -73,10 +73,11 @@ def train_model(arch: str, method: str, eps: float, epochs: int, max_train: int,
     """A ``method`` model (natural / TRADES(eps) / AT(eps), probelib's losses) on ``max_train`` images."""
     seed_everything(seed)
     model = SmallCNN(splits.num_classes) if arch == "small" else build_model(arch, splits.num_classes)
-    data = SimpleNamespace(train=subsample(splits.train, max_train, seed), test=subsample(splits.test, 200, seed),
+    data = SimpleNamespace(train=subsample(splits.train, max_train, seed=seed), test=subsample(splits.test, 200, seed=seed),
                            num_classes=splits.num_classes)
-    model, _ = train(model, data, method=method, eps=None if method == "natural" else eps, epochs=epochs,
-                     optimizer="adam", lr=1e-3, schedule="constant", seed=seed, device="cpu", progress=False)
+    cfg = TrainConfig(method=method, eps=None if method == "natural" else eps, epochs=epochs, optimizer="adam",
+                      lr=1e-3, schedule="constant", seed=seed)
+    model, _ = train(model, data, cfg, device="cpu", progress=False)
     return model.eval()
 
 

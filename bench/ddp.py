@@ -40,7 +40,7 @@ torch.set_num_threads(threads)
 cfg = default_config("mnist5kwo9", epochs=epochs + 1, max_train=max_train, max_test=256, schedule="constant")
 splits = cfg.prepare(load_dataset(cfg.dataset))
 model = cfg.build(splits)
-_, history = train(model, splits, device="cpu", progress=False, **cfg.train_kwargs())
+_, history = train(model, splits, cfg, device="cpu", progress=False)
 if distributed.is_main_process():
     n = len(splits.train)
     seconds = float(history["seconds"].iloc[1:].sum())  # after the warm-up epoch

@@ -30,7 +30,7 @@ def main() -> None:
               "run it on a GPU node. Nothing was measured.", file=sys.stderr)
         raise SystemExit(2)
     from probelib.models import build_model
-    from probelib.training import train
+    from probelib.training import TrainConfig, train
 
     device = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
@@ -45,8 +45,8 @@ def main() -> None:
             torch.manual_seed(0)
             model = build_model("WRN-40-2", 10, in_channels=3, image_size=32, norm="batch", dropout=0.0)
             torch.cuda.reset_peak_memory_stats(device)
-            _, hist = train(model, splits, epochs=1, batch_size=128, lr=0.1, schedule="constant", device=device,
-                            progress=False, **kw)
+            cfg = TrainConfig(epochs=1, batch_size=128, lr=0.1, schedule="constant", **kw)
+            _, hist = train(model, splits, cfg, device=device, progress=False)
             torch.cuda.synchronize(device)
             if rnd:
                 best[name] = min(best.get(name, float("inf")), float(hist["seconds"].iloc[0]))

@@ -4,7 +4,7 @@ A TRADES or AT step costs about 11 forward+backward passes (10 attack steps + th
 an epoch can't be cheaper than 11 plain training passes over the same batches. This bench
 measures, in one run on the embedded default (mnist5kwo9, CNN002, batch 128), the floor
 (11 × forward + cross-entropy + backward with parameter gradients, train mode, per batch),
-one epoch of probelib's ``train(method="trades")`` and ``train(method="at")`` (the training
+one epoch of probelib's ``train`` with method="trades" and with method="at" (the training
 pass only, as the history's ``seconds``), and one natural epoch for reference. The four are
 interleaved over ``--rounds`` rounds and each keeps its minimum (the least disturbed by other
 jobs on a shared machine); the table also lists every round's time.
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from probelib._util import default_device
 from probelib.data import load_dataset
 from probelib.models import build_model
-from probelib.training import EMBEDDED_NCG_EPOCHS, subsample, train
+from probelib.training import EMBEDDED_NCG_EPOCHS, TrainConfig, subsample, train
 
 
 def floor_epoch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
@@ -67,13 +67,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = default_device(args.device)
     splits = load_dataset(args.dataset)
-    train_set = subsample(splits.train, args.max_train, 0)
-    test_set = subsample(splits.test, 64, 0)
+    train_set = subsample(splits.train, args.max_train, seed=0)
+    test_set = subsample(splits.test, 64, seed=0)
     splits = dataclasses.replace(splits, train=train_set, test=test_set)
     torch.manual_seed(0)
     model = build_model("CNN002", splits.num_classes)
-    common = dict(epochs=1, batch_size=args.batch_size, lr=0.01, momentum=0.9, device=device, progress=False,
-                  seed=0)
+    base = TrainConfig(epochs=1, batch_size=args.batch_size, lr=0.01, momentum=0.9, seed=0)
     channels_last = True  # train()'s automatic choice for conv nets on images
     print(f"{args.dataset}: {len(train_set)} training images, batch {args.batch_size}, CNN002, device {device}, "
           f"{torch.get_num_threads()} threads")
@@ -86,7 +85,8 @@ def main() -> None:
         wall, cpu = floor_epoch(model, train_set.x, train_set.y, args.batch_size, 0, device, channels_last)
         best.setdefault("floor", []).append(wall)
         for method in ("natural", "trades", "at"):
-            _, hist = train(copy.deepcopy(model), splits, method=method, eps=2.0, **common)
+            cfg = base.replace(method=method, eps=2.0)
+            _, hist = train(copy.deepcopy(model), splits, cfg, device=device, progress=False)
             best.setdefault(method, []).append(float(hist["seconds"].iloc[0]))
     floor = min(best["floor"])
     rows = [{"what": "floor: 11 fwd+bwd per batch", "min_s": floor, "all_s": best["floor"]}]

@@ -1,4 +1,6 @@
-"""DistributedDataParallel helpers for :func:`probelib.training.train` under ``torchrun``.
+"""DistributedDataParallel helpers for :func:`probelib.training.train` under ``torchrun``: how to
+join the group, shard, wrap and reduce. The training loop itself is the one in
+:mod:`probelib.training.loop` (no second copy here).
 
 ``torchrun --nproc_per_node N -m probelib train CONFIG`` (or any script calling ``train``/
 ``train_or_load`` launched by torchrun) trains one model over N processes:
@@ -24,7 +26,6 @@ Outside torchrun every helper is a no-op, so single-process code paths are uncha
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,10 +33,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 
 __all__ = ["DistContext", "launched_by_torchrun", "init_distributed", "context", "is_main_process", "barrier",
-           "shutdown", "local_batch_size", "wrap_model", "shard_batches", "all_reduce_sums", "gather_objects",
-           "evaluate_accuracy_sharded", "steps_per_epoch"]
+           "shutdown", "local_batch_size", "wrap_model", "shard_order", "all_reduce_sums", "gather_objects",
+           "steps_per_epoch"]
 
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -146,35 +148,14 @@ def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
     return _DDP(model, device_ids=ids, output_device=ids[0] if ids else None)
 
 
-def _sharded_indices(n: int, ctx: DistContext, epoch: int, seed: int, shuffle: bool) -> list[int]:
-    from torch.utils.data import DistributedSampler
-
-    sampler = DistributedSampler(range(n), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle,
+def shard_order(n: int, ctx: DistContext, epoch: int, seed: int) -> torch.Tensor:
+    """This rank's indices of an ``n``-item training set for ``epoch``, in order: a
+    DistributedSampler shard (seeded, shuffled per epoch, padded so every rank has the same number
+    of batches). The training loop batches them as it batches a single process's permutation."""
+    sampler = DistributedSampler(range(n), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                  seed=seed, drop_last=False)
     sampler.set_epoch(epoch)
-    return list(sampler)
-
-
-def shard_batches(data: Any, batch_size: int, ctx: DistContext, epoch: int, seed: int,
-                  num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's batches of ``data`` for ``epoch``: a DistributedSampler shard (seeded, shuffled per
-    epoch, padded so every rank has the same number of batches) in batches of ``batch_size``."""
-    from torch.utils.data import DataLoader, Subset
-
-    from probelib.training import _in_memory
-
-    index = _sharded_indices(len(data), ctx, epoch, seed, shuffle=True)
-    tensors = _in_memory(data)
-    if tensors is not None:
-        x, y = tensors
-        order = torch.tensor(index, dtype=torch.long)
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            yield x[idx], y[idx]
-        return
-    loader = DataLoader(Subset(data, index), batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    for x, y in loader:
-        yield x, torch.as_tensor(y).long()
+    return torch.tensor(list(sampler), dtype=torch.long)
 
 
 def steps_per_epoch(n: int, batch_size: int, ctx: DistContext) -> int:
@@ -199,20 +180,3 @@ def gather_objects(obj: Any, ctx: DistContext | None) -> list[Any]:
     out: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out
-
-
-def evaluate_accuracy_sharded(model: nn.Module, data: Any, ctx: DistContext, **kwargs: Any) -> float:
-    """Clean accuracy on all of ``data``: each rank scores every ``world``-th item, counts are summed."""
-    from torch.utils.data import Subset
-
-    from probelib.training import evaluate_accuracy
-
-    index = list(range(ctx.rank, len(data), ctx.world_size))
-    if hasattr(data, "subset") and hasattr(data, "x"):
-        shard = data.subset(torch.tensor(index, dtype=torch.long))
-    else:
-        shard = Subset(data, index)
-    n = len(index)
-    acc = evaluate_accuracy(model, shard, device=ctx.device, **kwargs) if n else 0.0
-    correct, total = all_reduce_sums([round(acc * n), n], ctx)
-    return correct / total if total else float("nan")

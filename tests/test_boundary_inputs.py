@@ -389,13 +389,13 @@ def test_mixup_with_batch_size_one_is_refused_and_nothing_is_stored(tmp_path):
 
 def test_training_on_one_image_with_mixup_is_refused():
     from probelib.data import Splits, TensorSet
-    from probelib.training import train
+    from probelib.training import TrainConfig, train
 
     x = _images(1)
     one = TensorSet(x, torch.zeros(1, dtype=torch.long))
     splits = Splits("one", "one", one, one, 3, ["a", "b", "c"])
     with pytest.raises(ValueError, match="no optimiser step"):
-        train(_mlp(), splits, method="mixup", epochs=1, batch_size=8, progress=False)
+        train(_mlp(), splits, TrainConfig(method="mixup", epochs=1, batch_size=8), progress=False)
 
 
 # ----------------------------------------------------------------------------- the runner

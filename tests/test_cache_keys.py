@@ -57,7 +57,7 @@ class _Counter:
             self.calls += 1
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(training, "train", counting)
+        monkeypatch.setattr(training.recipes, "train", counting)
 
 
 def _cfg(dataset: str = "mnist") -> TrainConfig:
@@ -308,11 +308,11 @@ def test_fresh_run_does_not_resume_a_training_state_from_before_it(tmp_path, mon
             raise _Boom("killed during epoch 2")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "evaluate_accuracy", killed_in_epoch_two)
+    monkeypatch.setattr(training.loop, "evaluate_accuracy", killed_in_epoch_two)
     with pytest.raises(_Boom):
         train_or_load(cfg, store=Store(tmp_path), device="cpu", progress=False)  # leaves epoch 1's state
     calls.clear()
-    monkeypatch.setattr(training, "evaluate_accuracy", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(training.loop, "evaluate_accuracy", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     _, history = train_or_load(cfg, store=Store(tmp_path, fresh_since=time.time()), device="cpu", progress=False)
     assert len(calls) == 2 and history["epoch"].tolist() == [1, 2]  # both epochs trained by the fresh run
 

@@ -32,14 +32,14 @@ from probelib.training import default_config, train_or_load
 cfg = default_config("digits", epochs=2, optimizer="adam", lr=0.003, schedule="constant", batch_size=32)
 kill_after = int(os.environ.get("KILL_AFTER_EPOCH", "0"))
 if kill_after:  # die (every rank) right after the checkpoint of that epoch
-    import probelib.training as training
-    original = training.train
+    from probelib.training import recipes
+    original = recipes.train
     def train(*args, **kwargs):
         def callback(epoch, history):
             if epoch == kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
         return original(*args, callback=callback, **kwargs)
-    training.train = train
+    recipes.train = train
 model, history = train_or_load(cfg, device="cpu", progress=False)
 if distributed.is_main_process():
     with open(sys.argv[1], "w") as fh:

@@ -65,7 +65,7 @@ def test_trades_loss_matches_a_direct_computation():
     model, x, y = _tiny()
     model.train()
     eps, beta, steps = 0.5, 6.0, 10
-    loss, _, _ = trades_loss(model, x, y, eps, beta, steps, torch.Generator().manual_seed(1))
+    loss, _, _ = trades_loss(model, x, y, eps, beta=beta, steps=steps, generator=torch.Generator().manual_seed(1))
     # 1 clean + 10 inner forwards in eval mode, then the outer clean + adversarial forwards in train mode.
     assert model.modes == [False] * 11 + [True, True]
     # Independent version: for a linear model, grad_δ KL(p‖q(x+δ)) = Wᵀ(q − p) in closed form.
@@ -126,7 +126,7 @@ def test_at_loss_matches_a_direct_pgd():
     model, x, y = _tiny()
     model.train()
     eps, steps = 0.5, 10
-    loss, logits, _ = at_loss(model, x, y, eps, steps, torch.Generator().manual_seed(3))
+    loss, logits, _ = at_loss(model, x, y, eps, steps=steps, generator=torch.Generator().manual_seed(3))
     assert model.modes[-1] is True and set(model.modes[:-1]) == {False}
     W, b = model.linear.weight.detach(), model.linear.bias.detach()
     xf = x.flatten(1)
@@ -151,7 +151,7 @@ def test_mixup_loss_matches_a_direct_computation():
     g0 = torch.Generator().manual_seed(5)
     x = torch.rand(5, 1, 2, 3, generator=g0)  # odd: the last sample is dropped
     y = torch.tensor([0, 1, 2, 2, 1])
-    loss, _, labels = mixup_loss(model, x, y, C, 1.0, torch.Generator().manual_seed(7))
+    loss, _, labels = mixup_loss(model, x, y, C, alpha=1.0, generator=torch.Generator().manual_seed(7))
     lam = float(torch.rand((), generator=torch.Generator().manual_seed(7)))
     xm = lam * x[:2] + (1 - lam) * x[2:4]
     t = lam * F.one_hot(y[:2], C).float() + (1 - lam) * F.one_hot(y[2:4], C).float()
@@ -166,6 +166,27 @@ def _mlp_config(method, eps=None, **kw):
                 lr=0.05, schedule="constant", max_train=2400, max_test=300)
     base.update(kw)
     return TrainConfig(**base)
+
+
+def test_augmentation_is_a_crop_and_flip_of_the_padded_image():
+    from probelib.training.batches import augment_batch, crop_and_flip
+
+    x = torch.rand(5, 2, 8, 8)
+    out = augment_batch(x, "crop+flip", torch.Generator().manual_seed(0), padding=2)
+    g = torch.Generator().manual_seed(0)  # the same draws: offsets, then flips
+    off, flip = torch.randint(0, 5, (2, 5), generator=g), torch.rand(5, generator=g) < 0.5
+    padded = F.pad(x, (2, 2, 2, 2))
+    for i in range(5):
+        crop = padded[i, :, off[0, i]:off[0, i] + 8, off[1, i]:off[1, i] + 8]
+        assert torch.equal(out[i], crop.flip(-1) if flip[i] else crop)
+    assert torch.equal(out, crop_and_flip(x, off[0], off[1], flip, padding=2))
+    assert augment_batch(x, "none") is x
+
+
+def test_train_takes_a_train_config():
+    splits = _small_splits(16)
+    with pytest.raises(TypeError, match="cfg must be a TrainConfig"):
+        train(build_model("LargeMLP", num_classes=9, in_features=784), splits, {"epochs": 1})
 
 
 @pytest.mark.slow
@@ -192,7 +213,7 @@ def test_trades_and_at_are_more_robust_than_natural(tmp_path):
 
 def _small_splits(n=64):
     s = load_dataset("mnist5kwo9")
-    return dataclasses.replace(s, train=subsample(s.train, n, 0), test=subsample(s.test, 32, 0))
+    return dataclasses.replace(s, train=subsample(s.train, n, seed=0), test=subsample(s.test, 32, seed=0))
 
 
 class _Interrupt(Exception):
@@ -201,30 +222,31 @@ class _Interrupt(Exception):
 
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     splits = _small_splits()
-    kwargs = dict(method="trades", eps=2.0, epochs=2, batch_size=32, lr=0.05, steps=2, augment="crop+flip",
-                  schedule="multistep", milestones=(1,), progress=False, device="cpu")
+    cfg = TrainConfig(method="trades", eps=2.0, epochs=2, batch_size=32, lr=0.05, steps=2, augment="crop+flip",
+                      schedule="multistep", milestones=(1,))
+    kwargs = dict(progress=False, device="cpu")
 
     def fresh():
         torch.manual_seed(0)
         return build_model("CNN002", 9)
 
-    full, full_hist = train(fresh(), splits, checkpoint_path=tmp_path / "full.pt", **kwargs)
+    full, full_hist = train(fresh(), splits, cfg, checkpoint_path=tmp_path / "full.pt", **kwargs)
 
     def stop(epoch, history):
         if epoch == 1:
             raise _Interrupt
 
     with pytest.raises(_Interrupt):
-        train(fresh(), splits, checkpoint_path=tmp_path / "cut.pt", callback=stop, **kwargs)
+        train(fresh(), splits, cfg, checkpoint_path=tmp_path / "cut.pt", callback=stop, **kwargs)
     assert read_checkpoint(tmp_path / "cut.pt")["epoch"] == 1
     torch.manual_seed(123)  # different global RNG and init: the resumed run must not depend on them
-    resumed, hist = train(build_model("CNN002", 9), splits, checkpoint_path=tmp_path / "cut.pt", **kwargs)
+    resumed, hist = train(build_model("CNN002", 9), splits, cfg, checkpoint_path=tmp_path / "cut.pt", **kwargs)
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
     assert list(hist["epoch"]) == [1, 2] and hist["loss"].tolist() == full_hist["loss"].tolist()
     # Resuming with different settings is refused and says what differs.
     with pytest.raises(ValueError, match="lr: checkpoint 0.05, now 0.1"):
-        train(fresh(), splits, checkpoint_path=tmp_path / "cut.pt", **{**kwargs, "lr": 0.1})
+        train(fresh(), splits, cfg.replace(lr=0.1), checkpoint_path=tmp_path / "cut.pt", **kwargs)
 
 
 class _NaNAfter(nn.Module):
@@ -249,7 +271,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     path = tmp_path / "state.pt"
     model = _NaNAfter(n=4)  # two batches per epoch: epoch 2, batch 2 diverges
     with pytest.raises(TrainingDivergedError, match="nan at epoch 2, batch 2 of 2.*epoch 1 is kept"):
-        train(model, splits, epochs=3, batch_size=32, checkpoint_path=path, progress=False, device="cpu")
+        train(model, splits, TrainConfig(epochs=3, batch_size=32), checkpoint_path=path, progress=False, device="cpu")
     state = read_checkpoint(path)
     assert state["epoch"] == 1 and len(state["history"]) == 1
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
@@ -260,15 +282,15 @@ def test_bad_inputs_fail_before_writing(tmp_path):
     model = build_model("LargeMLP", num_classes=9, in_features=784)
     path = tmp_path / "x.pt"
     with pytest.raises(ValueError, match="Valid training method names"):
-        train(model, splits, method="tradez", checkpoint_path=path)
+        TrainConfig(method="tradez")
     with pytest.raises(ValueError, match="eps must be a finite number > 0"):
-        train(model, splits, method="trades", eps=0, checkpoint_path=path)
+        TrainConfig(method="trades", eps=0)
     with pytest.raises(ValueError, match="needs eps"):
-        train(model, splits, method="at", checkpoint_path=path)
+        TrainConfig(method="at")
     with pytest.raises(ValueError, match="Valid schedule names"):
-        train(model, splits, schedule="cos", checkpoint_path=path)
+        TrainConfig(schedule="cos")
     with pytest.raises(ValueError, match="amp=True"):
-        train(model, splits, amp=True, device="cpu", checkpoint_path=path)
+        train(model, splits, TrainConfig(amp=True), device="cpu", checkpoint_path=path)
     assert not path.exists()
     with pytest.raises(ValueError, match="Valid dataset names"):
         default_config("mnist6kwo9")

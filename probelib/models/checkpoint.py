@@ -71,27 +71,21 @@ def arch_config(model: nn.Module) -> dict | None:
     return getattr(model, "arch_config", None)
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike, **metadata: Any) -> Path:
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, extra: Mapping[str, Any] | None = None,
+                    **metadata: Any) -> Path:
     """Save ``model``'s weights, its architecture and ``metadata`` atomically to ``path``.
 
-    The model must come from :func:`probelib.models.build_model` (so it can be rebuilt).
+    A model checkpoint's model must come from :func:`probelib.models.build_model` (so it can be
+    rebuilt). ``extra`` adds top-level entries (a training state: optimizer, RNG, history, stored
+    as given); such a state may hold any model (``arch=None``: readable, not rebuildable).
     ``metadata`` holds plain values; ``probelib_version`` and ``saved_at`` are added.
-    """
-    if arch_config(model) is None:
-        raise ValueError("this model was not built with probelib.models.build_model, so its architecture "
-                         "cannot be rebuilt from a checkpoint; build it with build_model(arch, num_classes, ...)")
-    return write_checkpoint(model, path, metadata)
-
-
-def write_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, Any],
-                     extra: Mapping[str, Any] | None = None) -> Path:
-    """Write the checkpoint dict atomically; ``extra`` adds top-level entries (e.g. training state).
-
-    A model not built by ``build_model`` is stored with ``arch=None`` (readable, not rebuildable).
     """
     from probelib import __version__
 
     config = arch_config(model)
+    if config is None and not extra:
+        raise ValueError("this model was not built with probelib.models.build_model, so its architecture "
+                         "cannot be rebuilt from a checkpoint; build it with build_model(arch, num_classes, ...)")
     meta = plain(dict(metadata))
     meta.setdefault("probelib_version", __version__)
     meta.setdefault("saved_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

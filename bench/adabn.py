@@ -133,7 +133,8 @@ def time_arms(model, folder, corruptions, severities, momentum, batch_size, devi
     out = {}
     for name, (arms, mom, bs) in runs.items():
         t = time.perf_counter()
-        shift_grid(model, folder, corruptions, severities, arms=arms, tent=TentSettings(), adabn=AdaBNSettings(momentum=mom, augment=augment, batch_size=bs, device=device, seed=0))
+        shift_grid(model, folder, corruptions, severities, arms=arms, tent=TentSettings(),
+                   adabn=AdaBNSettings(momentum=mom, augment=augment, batch_size=bs, device=device, seed=0))
         out[name] = (time.perf_counter() - t) / settings
     return out
 
@@ -175,7 +176,7 @@ def main() -> None:
     model = model.cpu().eval()
 
     test = load_dataset("mnist5k").test
-    x, y = stratified_subset(test.x, test.y, n_images=args.n)  # the test split is sorted by class: x[:n] would be a label shift
+    x, y = stratified_subset(test.x, test.y, n_images=args.n)  # the test split is class-sorted: x[:n] = label shift
     corruptions = corruption_names() if args.full else SUBSET
     severities = list(SEVERITIES) if args.full else [1, 3, 5]
     flip = x.shape[1] != 1  # grey digits: crop only
@@ -192,7 +193,9 @@ def main() -> None:
                                          args.batch_size, device, 0, flip, grad_scoring=grad)
             times[name] = time.perf_counter() - t
         t = time.perf_counter()
-        fast = shift_grid(model, folder, corruptions, severities, arms=ARMS, adabn=AdaBNSettings(momentum=args.momentum, augment="crop+flip" if flip else "crop", batch_size=args.batch_size, device=device, seed=0))
+        fast = shift_grid(model, folder, corruptions, severities, arms=ARMS,
+                          adabn=AdaBNSettings(momentum=args.momentum, augment="crop+flip" if flip else "crop",
+                                              batch_size=args.batch_size, device=device, seed=0))
         times["probelib shift_grid"] = time.perf_counter() - t
         arm_times = None if args.no_tent else time_arms(model, folder, corruptions, severities, args.momentum,
                                                          args.batch_size, device, "crop+flip" if flip else "crop")

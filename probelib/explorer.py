@@ -197,7 +197,8 @@ def explore_setting(dataset: str = "mnist5k", model: str = "natural", corruption
     note = ""
     if has_bn:
         _say(stage, "re-estimating batch-norm statistics (AdaBN) and scoring again")
-        logits_adabn = predict(adapt_bn(net, x, AdaBNSettings(batch_size=256, device=dev)), x, device=dev, desc=desc("score AdaBN"))
+        ada = adapt_bn(net, x, AdaBNSettings(batch_size=256, device=dev))
+        logits_adabn = predict(ada, x, device=dev, desc=desc("score AdaBN"))
         acc_adabn = accuracy(logits_adabn, y)
     else:
         logits_adabn, acc_adabn = None, float("nan")

@@ -172,14 +172,23 @@ def tent_logits(model: nn.Module, x, settings: TentSettings | None = None, *, de
     opt = _optimizer(params, s)
     dev = model_device(work)
     out = []
-    for xb in _batches(x, s.batch_size, dev, desc):
-        for _ in range(int(s.steps)):
+    batches = iter(_batches(x, s.batch_size, dev, desc))
+    xb = next(batches, None)
+    while xb is not None:
+        following = next(batches, None)
+        # the update after a batch's last forward only serves the batches after it: skip it (same logits)
+        # after the last batch, and after every batch when each batch starts again from the source weights
+        wasted = following is None or s.reset_each_batch
+        for step in range(int(s.steps)):
             logits = _forward(work, xb)
+            if wasted and step == int(s.steps) - 1:
+                break
             loss = entropy(logits).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         out.append(logits.detach().float().cpu())
+        xb = following
         if s.reset_each_batch:
             with torch.no_grad():
                 for p, p0 in zip(params, source):

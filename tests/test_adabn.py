@@ -8,8 +8,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from probelib.adabn import (AdaBNSettings, adapt_bn, adapted, bn_layers, bn_statistics, bn_statistics_shift, exclude_first,
-                            exclude_last, resolve_layers, train_augmentation)
+from probelib.adabn import (AdaBNSettings, adapt_bn, adapted, bn_layers, bn_statistics, bn_statistics_shift,
+                            exclude_first, exclude_last, resolve_layers, train_augmentation)
 
 
 def tiny_bn_cnn(seed=0, channels=1):
@@ -249,7 +249,8 @@ def test_shift_grid_matches_direct_adaptation_and_keeps_source():
     y = torch.arange(40) % 5
     before = copy.deepcopy(model.state_dict())
     load = synthetic_corrupted(x, y)
-    grid = shift_grid(model, load, ["gaussian_noise", "box_blur"], [1, 3], clean=(x, y), adabn=AdaBNSettings(momentum=None, batch_size=16, device="cpu"))
+    grid = shift_grid(model, load, ["gaussian_noise", "box_blur"], [1, 3], clean=(x, y),
+                      adabn=AdaBNSettings(momentum=None, batch_size=16, device="cpu"))
     assert len(grid) == 5 * 3 and set(grid["arm"]) == {"source", "adabn", "adabn+aug"}
     assert (grid["momentum"] == "None (exact average)").all()
     assert (grid["calibration"] == "complete (all bins)").all()
@@ -287,11 +288,13 @@ def test_study_tables_name_the_calibration_variant():
     from probelib.metrics import rms_calibration_error
     model, x = tiny_bn_cnn(), data(n=250)
     y = torch.arange(250) % 5
-    rows = evaluate_arms(model, x, y, ["source", "adabn"], calibration="burns", adabn=AdaBNSettings(device="cpu"))
+    rows = evaluate_arms(model, x, y, ["source", "adabn"], calibration="burns",
+                               adabn=AdaBNSettings(device="cpu"))
     logits = predict(model, x, desc=None)
     assert rows[0]["rms_calibration"] == pytest.approx(rms_calibration_error(logits, y, variant="burns"), rel=1e-9)
     assert rows[0]["rms_calibration"] < rms_calibration_error(logits, y)
-    table = black_border_study(model, x[:40], y[:40], borders=("black",), arms=("source",), calibration="burns", adabn=AdaBNSettings(device="cpu"))
+    table = black_border_study(model, x[:40], y[:40], borders=("black",), arms=("source",), calibration="burns",
+                               adabn=AdaBNSettings(device="cpu"))
     assert (table["calibration"] == "burns (calib_err: last bin skipped, / N)").all()
     with pytest.raises(ValueError, match="calibration variant"):
         black_border_study(model, x[:40], y[:40], borders=("black",), arms=("source",), calibration="ece")
@@ -476,9 +479,11 @@ def test_one_pass_exact_statistics_equal_truncated_passes_and_arm_logits():
     direct = predict(adapt_bn(model, x, AdaBNSettings(batch_size=5)), x, desc=None)
     assert torch.allclose(arm_logits(model, x, "adabn", adabn=AdaBNSettings(device="cpu")), direct, atol=1e-5)
     aug = predict(adapt_bn(model, x, AdaBNSettings(augment="crop+flip", batch_size=5)), x, desc=None)
-    assert torch.allclose(arm_logits(model, x, "adabn+aug", adabn=AdaBNSettings(augment="crop+flip", device="cpu")), aug, atol=1e-5)
+    got = arm_logits(model, x, "adabn+aug", adabn=AdaBNSettings(augment="crop+flip", device="cpu"))
+    assert torch.allclose(got, aug, atol=1e-5)
     masked = predict(adapt_bn(model, x, AdaBNSettings(layers=exclude_last(2), batch_size=5)), x, desc=None)
-    assert torch.allclose(arm_logits(model, x, "adabn", adabn=AdaBNSettings(layers=exclude_last(2), device="cpu")), masked, atol=1e-5)
+    got = arm_logits(model, x, "adabn", adabn=AdaBNSettings(layers=exclude_last(2), device="cpu"))
+    assert torch.allclose(got, masked, atol=1e-5)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
 
@@ -494,11 +499,13 @@ def test_stratified_subset_and_n_images():
     with pytest.raises(ValueError, match="n_images"):
         stratified_subset(x, y, n_images=0)
     load = synthetic_corrupted(x, y)
-    grid = shift_grid(tiny_bn_cnn(), load, ["gaussian_noise"], [1], clean=(x, y), n_images=20, adabn=AdaBNSettings(device="cpu"))
+    grid = shift_grid(tiny_bn_cnn(), load, ["gaussian_noise"], [1], clean=(x, y), n_images=20,
+                      adabn=AdaBNSettings(device="cpu"))
     assert (grid["n"] == 20).all() and len(grid) == 6
     from probelib.adabn import load_shifted
     xl, yl = load_shifted(load, "gaussian_noise", 1, n_images=20)  # the subset the grid scored
     assert torch.equal(xl, stratified_subset(*load("gaussian_noise", 1), n_images=20)[0]) and len(yl) == 20
     train_x, train_y = data(n=30, seed=3), torch.arange(30) % 5
-    table = ncg_under_adabn(tiny_bn_cnn(), train_x, train_y, load, ["gaussian_noise"], [1, 2], n_images=20, adabn=AdaBNSettings(device="cpu"))
+    table = ncg_under_adabn(tiny_bn_cnn(), train_x, train_y, load, ["gaussian_noise"], [1, 2], n_images=20,
+                            adabn=AdaBNSettings(device="cpu"))
     assert table["n"].iloc[0] == 40

@@ -110,7 +110,8 @@ def test_adabn_shift_grid_twice_is_identical(splits):
     net = build_model("WRN-10-1", splits.num_classes, in_channels=1, image_size=28, norm="batch")
 
     def grid(seed: int = 0, corruption_seed: int = 0) -> pd.DataFrame:
-        return shift_grid(net, corrupt_on_the_fly(x, y, seed=corruption_seed), corruptions=["gaussian_noise", "fog"], severities=[3], arms=ARMS, clean=(x, y), adabn=AdaBNSettings(seed=seed, device="cpu"))
+        return shift_grid(net, corrupt_on_the_fly(x, y, seed=corruption_seed), corruptions=["gaussian_noise", "fog"],
+                          severities=[3], arms=ARMS, clean=(x, y), adabn=AdaBNSettings(seed=seed, device="cpu"))
 
     first, second = grid(), grid()
     assert len(first) == 3 * len(ARMS)

@@ -73,6 +73,36 @@ def test_one_step_lowers_the_batch_entropy(x, one_thread):
     assert torch.allclose(reset[:16], reset[16:], atol=1e-6)
 
 
+def _tent_every_update(model, x, s):
+    """TENT by the definition, every update taken (also those no later batch uses)."""
+    from probelib.tent import prepare_batch_norm
+    work, chosen = prepare_batch_norm(model)
+    params = [p for m in chosen for p in (m.weight, m.bias)]
+    source = [p.detach().clone() for p in params]
+    make = lambda: torch.optim.Adam(params, lr=s.lr, betas=s.betas)  # noqa: E731
+    opt, out = make(), []
+    for i in range(0, len(x), s.batch_size):
+        for _ in range(s.steps):
+            logits = work(x[i:i + s.batch_size])
+            opt.zero_grad()
+            entropy(logits).mean().backward()
+            opt.step()
+        out.append(logits.detach())
+        if s.reset_each_batch:
+            with torch.no_grad():
+                for p, p0 in zip(params, source):
+                    p.copy_(p0)
+            opt = make()
+    return torch.cat(out)
+
+
+def test_updates_no_batch_uses_are_skipped_without_changing_a_logit(x, one_thread):
+    model = _bn_model()
+    for s in (TentSettings(batch_size=16, lr=1e-2), TentSettings(batch_size=20, lr=1e-2, steps=2),
+              TentSettings(batch_size=16, lr=1e-2, reset_each_batch=True)):
+        assert torch.equal(tent_logits(model, x, s), _tent_every_update(model, x, s)), s
+
+
 def test_episodic_per_setting_and_model_not_mutated(x, one_thread):
     model = _bn_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -124,7 +154,8 @@ def test_shift_grid_tent_with_lr_zero_equals_norm_and_carries_mcnemar(x, one_thr
     model, y = _bn_model(), _labels(len(x))
     load = _corrupted(x, y)
     s0 = TentSettings(batch_size=16, lr=0.0)
-    grid = shift_grid(model, load, ["gaussian_noise", "box_blur"], [1, 3], arms=STUDY_ARMS, tent=s0, adabn=AdaBNSettings(device="cpu"))
+    grid = shift_grid(model, load, ["gaussian_noise", "box_blur"], [1, 3], arms=STUDY_ARMS, tent=s0,
+                      adabn=AdaBNSettings(device="cpu"))
     assert set(grid["arm"]) == {"source", "adabn", "adabn+aug", "norm", "tent"} and len(grid) == 4 * 5
     by = grid.set_index(["corruption", "severity", "arm"])
     for c, sev in [("gaussian_noise", 1), ("gaussian_noise", 3), ("box_blur", 1), ("box_blur", 3)]:
@@ -149,7 +180,8 @@ def test_shift_grid_tent_with_lr_zero_equals_norm_and_carries_mcnemar(x, one_thr
     assert "lr 0.05" in row["tent_settings"] and "episodic" in row["tent_settings"]
     assert "shuffled" in row["tent_settings"]
     # opt-in: the default arms are Burns & Steinhardt's three
-    assert set(shift_grid(model, load, ["box_blur"], [3], adabn=AdaBNSettings(device="cpu"))["arm"]) == {"source", "adabn", "adabn+aug"}
+    default = shift_grid(model, load, ["box_blur"], [3], adabn=AdaBNSettings(device="cpu"))
+    assert set(default["arm"]) == {"source", "adabn", "adabn+aug"}
 
 
 def test_label_shift_tent_adapts_only_the_selected_layers(x, one_thread):
@@ -169,7 +201,8 @@ def test_label_shift_tent_adapts_only_the_selected_layers(x, one_thread):
     assert not torch.allclose(got, norm_logits(model, x[:16], TentSettings(batch_size=16)), atol=1e-4)
     with pytest.raises(ValueError, match="selects none"):
         norm_logits(model, x, layers=[False] * n_bn)
-    table = label_shift(model, x, y, ks=(2, 5), ms=(0, 2), arms=["adabn+aug", "norm", "tent"], tent=TentSettings(batch_size=16, lr=0.0), adabn=AdaBNSettings(device="cpu"))
+    table = label_shift(model, x, y, ks=(2, 5), ms=(0, 2), arms=["adabn+aug", "norm", "tent"],
+                        tent=TentSettings(batch_size=16, lr=0.0), adabn=AdaBNSettings(device="cpu"))
     assert len(table) == 2 * 2 * 3 and set(table["arm"]) == {"adabn+aug", "norm", "tent"}
     t, n = (table[table.arm == a].set_index(["m", "k"]) for a in ("tent", "norm"))
     assert (t["accuracy"] - n["accuracy"]).abs().max() < 1e-9

@@ -61,8 +61,8 @@ def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT
             per batch of 128).
 
     Returns one row per (corruption, severity, arm): accuracy, confidence, rms_calibration,
-    ece, n, ``momentum`` naming the statistics estimate, ``calibration`` naming the variant and, for the adapted arms when ``source``
-    is among ``arms``, ``gained`` / ``lost`` / ``p_value`` (McNemar against source, see
+    ece, n, ``momentum`` naming the statistics estimate, ``calibration`` naming the variant and,
+    for the adapted arms when ``source`` is among ``arms``, ``gained`` / ``lost`` / ``p_value`` (McNemar against source, see
     :func:`evaluate_arms`); TENT's arms also ``vs_adabn`` / ``gained_vs_adabn`` /
     ``lost_vs_adabn`` / ``p_value_vs_adabn`` (McNemar against the AdaBN arm) when one is among ``arms``.
     """

@@ -347,8 +347,8 @@ def ncg_under_adabn(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tens
     per-image "prediction = nearest category" indicators of the two models. ``adabn``: the AdaBN
     settings (as :func:`shift_grid`). ``n_images``: about this many images per setting
     (stratified, seeded with ``adabn.seed``; None = all). Rows: corruption, ``ncg_source``,
-    ``ncg_adapted``, ``ncg_gain``, ``acc_source``, ``acc_adapted``, ``gained`` / ``lost`` (images
-    at their nearest category only when adapted / only with the source statistics),
+    ``ncg_adapted``, ``ncg_gain``, ``acc_source``, ``acc_adapted``, ``lost`` / ``gained`` (images
+    at their nearest category only with the source statistics / only when adapted),
     ``mcnemar_stat``, ``p_value``, ``test``, ``n``, ``arm``, ``momentum``.
     """
     from tqdm.auto import tqdm
@@ -377,7 +377,7 @@ def ncg_under_adabn(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tens
         test = mcnemar(sp == nl, ap == nl)
         rows.append({"corruption": c, "ncg_source": ncg(sp, nl), "ncg_adapted": ncg(ap, nl),
                      "ncg_gain": ncg(ap, nl) - ncg(sp, nl), "acc_source": float((sp == lab).mean()),
-                     "acc_adapted": float((ap == lab).mean()), "gained": test["c"], "lost": test["b"],
+                     "acc_adapted": float((ap == lab).mean()), "lost": test["b"], "gained": test["c"],
                      "mcnemar_stat": test["statistic"], "p_value": test["p"], "test": test["method"],
                      "n": len(lab)})
     df = pd.DataFrame(rows)

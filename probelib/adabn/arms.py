@@ -105,7 +105,7 @@ def evaluate_arms(work: nn.Module, x: torch.Tensor, y: torch.Tensor, arms: Seque
     y = _check_xy(x, y, "evaluate_arms")
     rows, correct = [], {}
     for arm in _check_arms(arms, work):
-        logits = arm_logits(work, x, arm, adabn=adabn, tent=tent)
+        logits = _arm_logits(work, x, arm, adabn or AdaBNSettings(), tent)
         correct[arm] = (logits.argmax(1) == y).numpy()
         rows.append({"arm": arm, **classification_metrics(logits, y, calibration=calibration), "n": len(y)})
     reference = correct.get("source")
@@ -137,10 +137,16 @@ def arm_logits(work: nn.Module, x: torch.Tensor, arm: str = "adabn", *, adabn: A
     ``work``'s weights (:func:`probelib.tent.tent_arm_logits` with ``tent``, None = TENT's CIFAR
     defaults, images fed in the order ``adabn.seed`` shuffles them to unless ``tent.shuffle`` is
     False; of ``adabn`` only ``layers``, ``seed`` and ``device`` apply)."""
-    from probelib.metrics import check_finite_outputs, predict
-    s = adabn or AdaBNSettings()
     (arm,) = _check_arms([arm], work)
     check_images_or_features(x, "x", allow_uint8=True)
+    return _arm_logits(work, x, arm, adabn or AdaBNSettings(), tent)
+
+
+def _arm_logits(work: nn.Module, x: torch.Tensor, arm: str, s: AdaBNSettings,
+                tent: T.TentSettings | None) -> torch.Tensor:
+    """:func:`arm_logits` on an arm and images already checked (:func:`evaluate_arms` checks them once
+    per set, not once per arm)."""
+    from probelib.metrics import check_finite_outputs, predict
     device = model_device(work) if s.device is None else default_device(s.device)
     if arm in _TENT_ARMS:
         return T.tent_arm_logits(work, x, arm, tent, device=device, layers=s.layers, seed=s.seed)

@@ -51,7 +51,7 @@ from torchvision import transforms as trn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from probelib._util import default_device, seed_everything  # noqa: E402
-from probelib.adabn import (ARMS, bn_layers, momentum_label, shift_grid, stratified_subset,  # noqa: E402
+from probelib.adabn import (ARMS, AdaBNSettings, bn_layers, momentum_label, shift_grid, stratified_subset,  # noqa: E402
                             train_augmentation)
 from probelib.corruptions import corruption_names, to_uint8_images, write_corrupted  # noqa: E402
 from probelib.data import load_dataset  # noqa: E402
@@ -133,8 +133,8 @@ def time_arms(model, folder, corruptions, severities, momentum, batch_size, devi
     out = {}
     for name, (arms, mom, bs) in runs.items():
         t = time.perf_counter()
-        shift_grid(model, folder, corruptions, severities, arms, momentum=mom, augment=augment, batch_size=bs,
-                   device=device, seed=0, tent=TentSettings())
+        shift_grid(model, folder, corruptions, severities, arms=arms, tent=TentSettings(),
+                   adabn=AdaBNSettings(momentum=mom, augment=augment, batch_size=bs, device=device, seed=0))
         out[name] = (time.perf_counter() - t) / settings
     return out
 
@@ -176,7 +176,7 @@ def main() -> None:
     model = model.cpu().eval()
 
     test = load_dataset("mnist5k").test
-    x, y = stratified_subset(test.x, test.y, args.n)  # the test split is sorted by class: x[:n] would be a label shift
+    x, y = stratified_subset(test.x, test.y, n_images=args.n)  # the test split is class-sorted: x[:n] = label shift
     corruptions = corruption_names() if args.full else SUBSET
     severities = list(SEVERITIES) if args.full else [1, 3, 5]
     flip = x.shape[1] != 1  # grey digits: crop only
@@ -193,9 +193,9 @@ def main() -> None:
                                          args.batch_size, device, 0, flip, grad_scoring=grad)
             times[name] = time.perf_counter() - t
         t = time.perf_counter()
-        fast = shift_grid(model, folder, corruptions, severities, ARMS, momentum=args.momentum,
-                          augment="crop+flip" if flip else "crop", batch_size=args.batch_size, device=device,
-                          seed=0)
+        fast = shift_grid(model, folder, corruptions, severities, arms=ARMS,
+                          adabn=AdaBNSettings(momentum=args.momentum, augment="crop+flip" if flip else "crop",
+                                              batch_size=args.batch_size, device=device, seed=0))
         times["probelib shift_grid"] = time.perf_counter() - t
         arm_times = None if args.no_tent else time_arms(model, folder, corruptions, severities, args.momentum,
                                                          args.batch_size, device, "crop+flip" if flip else "crop")

@@ -144,7 +144,7 @@ def explore_setting(dataset: str = "mnist5k", model: str = "natural", corruption
 
     from probelib import corruptions as C
     from probelib._util import check_choice, default_device
-    from probelib.adabn import adapt_bn, bn_layers
+    from probelib.adabn import AdaBNSettings, adapt_bn, bn_layers
     from probelib.data import as_tensors, data_fingerprint
     from probelib.metrics import accuracy, confidences, predict
     from probelib.ncg import ncg
@@ -191,7 +191,8 @@ def explore_setting(dataset: str = "mnist5k", model: str = "natural", corruption
     note = ""
     if has_bn:
         _say(stage, "re-estimating batch-norm statistics (AdaBN) and scoring again")
-        logits_adabn = predict(adapt_bn(net, x, device=dev), x, device=dev, desc=desc("score AdaBN"))
+        ada = adapt_bn(net, x, AdaBNSettings(batch_size=256, device=dev))
+        logits_adabn = predict(ada, x, device=dev, desc=desc("score AdaBN"))
         acc_adabn = accuracy(logits_adabn, y)
     else:
         logits_adabn, acc_adabn = None, float("nan")

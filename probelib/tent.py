@@ -1,5 +1,6 @@
 """TENT (Wang, Shelhamer, Liu, Olshausen, Darrell; ICLR 2021) and its ``norm`` baseline, written from
-the paper's definitions, as arms beside AdaBN's whole-set statistics (:mod:`probelib.adabn`).
+the paper's definitions, as arms beside AdaBN's whole-set statistics (:mod:`probelib.adabn`;
+:class:`TentSettings` sits beside :class:`probelib.adabn.AdaBNSettings`).
 
 * ``norm`` — test-time normalisation: every BatchNorm layer normalises each test batch with that
   batch's own mean and (biased) variance instead of the source running statistics; no parameter
@@ -28,7 +29,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from probelib._util import check_choice
-from probelib.adabn import LayerSelector, bn_layers, resolve_layers
+from probelib.adabn.core import LayerSelector, bn_layers, resolve_layers
 from probelib._util import iter_batches, model_device
 
 __all__ = ["TentSettings", "TENT_ARMS", "entropy", "norm_logits", "tent_logits", "tent_arm_logits",
@@ -91,7 +92,7 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=1)
 
 
-def prepare_batch_norm(model: nn.Module, device: torch.device | None = None,
+def prepare_batch_norm(model: nn.Module, *, device: torch.device | None = None,
                        layers: Sequence[bool] | LayerSelector | None = None) -> tuple[nn.Module, list[_BatchNorm]]:
     """A deep copy of ``model`` in eval mode whose BatchNorm layers normalise with each batch's
     own statistics (no running statistics kept), with every parameter frozen except the BN
@@ -141,20 +142,20 @@ def _forward(work: nn.Module, x: torch.Tensor) -> torch.Tensor:
         raise
 
 
-def norm_logits(model: nn.Module, x, settings: TentSettings | None = None, device=None,
+def norm_logits(model: nn.Module, x, settings: TentSettings | None = None, *, device=None,
                 desc: str | None = None, layers: Sequence[bool] | LayerSelector | None = None) -> torch.Tensor:
     """Logits (float32, CPU) of ``model`` on ``x`` with each test batch's own BN statistics (the
     ``norm`` arm); batches of ``settings.batch_size`` in order. ``model`` is not changed.
     ``layers``: which BN layers take batch statistics (default all; see :func:`prepare_batch_norm`)."""
     s = settings or TentSettings()
-    work, _ = prepare_batch_norm(model, device, layers)
+    work, _ = prepare_batch_norm(model, device=device, layers=layers)
     dev = model_device(work)
     with torch.no_grad():
         out = [_forward(work, xb).float().cpu() for xb in _batches(x, s.batch_size, dev, desc)]
     return _cat(out)
 
 
-def tent_logits(model: nn.Module, x, settings: TentSettings | None = None, device=None,
+def tent_logits(model: nn.Module, x, settings: TentSettings | None = None, *, device=None,
                 desc: str | None = None, layers: Sequence[bool] | LayerSelector | None = None) -> torch.Tensor:
     """Logits (float32, CPU) of ``model`` on ``x`` under TENT (the ``tent`` arm): batch
     statistics plus online entropy minimisation over the BN affine parameters, batches of
@@ -162,7 +163,7 @@ def tent_logits(model: nn.Module, x, settings: TentSettings | None = None, devic
     one setting: it starts from ``model``'s weights (which it never changes). ``layers``: which BN
     layers adapt (batch statistics and updated γ, β; default all; see :func:`prepare_batch_norm`)."""
     s = settings or TentSettings()
-    work, chosen = prepare_batch_norm(model, device, layers)
+    work, chosen = prepare_batch_norm(model, device=device, layers=layers)
     params = [p for m in chosen if m.affine for p in (m.weight, m.bias)]
     if not params:
         raise ValueError("the model's BatchNorm layers have no affine parameters (affine=False), so tent has "
@@ -171,14 +172,23 @@ def tent_logits(model: nn.Module, x, settings: TentSettings | None = None, devic
     opt = _optimizer(params, s)
     dev = model_device(work)
     out = []
-    for xb in _batches(x, s.batch_size, dev, desc):
-        for _ in range(int(s.steps)):
+    batches = iter(_batches(x, s.batch_size, dev, desc))
+    xb = next(batches, None)
+    while xb is not None:
+        following = next(batches, None)
+        # the update after a batch's last forward only serves the batches after it: skip it (same logits)
+        # after the last batch, and after every batch when each batch starts again from the source weights
+        wasted = following is None or s.reset_each_batch
+        for step in range(int(s.steps)):
             logits = _forward(work, xb)
+            if wasted and step == int(s.steps) - 1:
+                break
             loss = entropy(logits).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         out.append(logits.detach().float().cpu())
+        xb = following
         if s.reset_each_batch:
             with torch.no_grad():
                 for p, p0 in zip(params, source):
@@ -188,7 +198,7 @@ def tent_logits(model: nn.Module, x, settings: TentSettings | None = None, devic
 
 
 def tent_arm_logits(model: nn.Module, x: torch.Tensor, arm: str = "tent", settings: TentSettings | None = None,
-                    device=None, desc: str | None = None, layers: Sequence[bool] | LayerSelector | None = None,
+                    *, device=None, desc: str | None = None, layers: Sequence[bool] | LayerSelector | None = None,
                     seed: int = 0) -> torch.Tensor:
     """Logits of one arm, ``"norm"`` or ``"tent"`` (see the module docstring), one row per image
     of ``x`` in its order. With ``settings.shuffle`` (default) the images are fed in the order
@@ -197,10 +207,10 @@ def tent_arm_logits(model: nn.Module, x: torch.Tensor, arm: str = "tent", settin
     s = settings or TentSettings()
     fn = tent_logits if arm == "tent" else norm_logits
     if not s.shuffle:
-        return fn(model, x, s, device, desc, layers)
+        return fn(model, x, s, device=device, desc=desc, layers=layers)
     x = torch.as_tensor(x)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(seed)))
-    fed = fn(model, x[order.to(x.device)], s, device, desc, layers)
+    fed = fn(model, x[order.to(x.device)], s, device=device, desc=desc, layers=layers)
     out = torch.empty_like(fed)
     out[order] = fed
     return out

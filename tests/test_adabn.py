@@ -8,8 +8,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from probelib.adabn import (adapt_bn, adapted, bn_layers, bn_statistics, bn_statistics_shift, exclude_first,
-                            exclude_last, resolve_layers, train_augmentation)
+from probelib.adabn import (AdaBNSettings, adapt_bn, adapted, bn_layers, bn_statistics, bn_statistics_shift,
+                            exclude_first, exclude_last, resolve_layers, train_augmentation)
 
 
 def tiny_bn_cnn(seed=0, channels=1):
@@ -42,7 +42,7 @@ def stats(model):
 
 def test_exact_layerwise_statistics_equal_direct_computation():
     model, x = tiny_bn_cnn(), data()
-    out = adapt_bn(model, x, momentum=None, batch_size=5)
+    out = adapt_bn(model, x, AdaBNSettings(momentum=None, batch_size=5))
     (m1, v1), (m2, v2), (m3, v3) = stats(out)
     # direct, layer by layer, in the adapted network
     h = model[0](x)
@@ -57,14 +57,14 @@ def test_exact_layerwise_statistics_equal_direct_computation():
     dm, dv = pop_stats(h)
     assert torch.allclose(m3.double(), dm, atol=1e-6) and torch.allclose(v3.double(), dv, rtol=1e-5)
     # independent of the batch size
-    other = adapt_bn(model, x, momentum=None, batch_size=37)
+    other = adapt_bn(model, x, AdaBNSettings(momentum=None, batch_size=37))
     for (a, b), (c, d) in zip(stats(out), stats(other)):
         assert torch.allclose(a, c, atol=1e-6) and torch.allclose(b, d, rtol=1e-5)
 
 
 def test_single_pass_pools_all_values_not_per_batch_variances():
     model, x = tiny_bn_cnn(), data()
-    out = adapt_bn(model, x, momentum=None, batch_size=5, layerwise=False)
+    out = adapt_bn(model, x, AdaBNSettings(momentum=None, batch_size=5, layerwise=False))
     # direct: the inputs each BN layer sees while earlier layers use batch statistics
     inputs = {0: [], 1: []}
     for s in range(0, len(x), 5):
@@ -101,14 +101,14 @@ def _torch_ema(model, batches, momentum=0.1):
 
 def test_float_momentum_is_the_authors_exponential_average_from_source_in_shuffled_order():
     model, x = tiny_bn_cnn(), data()
-    out = adapt_bn(model, x, momentum=0.1, batch_size=8, seed=3)
+    out = adapt_bn(model, x, AdaBNSettings(momentum=0.1, batch_size=8, seed=3))
     # the authors' DataLoader(shuffle=True): a seeded permutation, then PyTorch's running average
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(3))
     ref = _torch_ema(model, [x[perm[s:s + 8]] for s in range(0, len(x), 8)])
     for (a, b), (c, d) in zip(stats(out), stats(ref)):
         assert torch.allclose(a, c, rtol=1e-5, atol=1e-6) and torch.allclose(b, d, rtol=1e-5, atol=1e-6)
     assert all(m.momentum == 0.1 for _, m in bn_layers(model))  # source momentum attribute kept
-    stored = adapt_bn(model, x, momentum=0.1, batch_size=8, shuffle=False)  # stored order on request
+    stored = adapt_bn(model, x, AdaBNSettings(momentum=0.1, batch_size=8, shuffle=False))  # stored order on request
     ref = _torch_ema(model, [x[s:s + 8] for s in range(0, len(x), 8)])
     for (a, b), (c, d) in zip(stats(stored), stats(ref)):
         assert torch.allclose(a, c, rtol=1e-5, atol=1e-6) and torch.allclose(b, d, rtol=1e-5, atol=1e-6)
@@ -123,14 +123,14 @@ def test_ema_statistics_do_not_depend_on_class_sorted_order():
     y = torch.arange(5).repeat_interleave(80)
     x = (0.2 * torch.rand(400, 1, 8, 8, generator=g) + 0.15 * y.view(-1, 1, 1, 1).float()).clamp(0, 1)
     mixed = torch.randperm(400, generator=torch.Generator().manual_seed(11))
-    exact = stats(adapt_bn(model, x, momentum=None))[0][0]
+    exact = stats(adapt_bn(model, x, AdaBNSettings(momentum=None)))[0][0]
     spread = (0.15 * 4) * model[0].weight.detach().sum((1, 2, 3)).abs()      # class-mean range per channel
-    sorted_mean = stats(adapt_bn(model, x, momentum=0.1, batch_size=8))[0][0]
-    mixed_mean = stats(adapt_bn(model, x[mixed], momentum=0.1, batch_size=8))[0][0]
+    sorted_mean = stats(adapt_bn(model, x, AdaBNSettings(momentum=0.1, batch_size=8)))[0][0]
+    mixed_mean = stats(adapt_bn(model, x[mixed], AdaBNSettings(momentum=0.1, batch_size=8)))[0][0]
     # sampling noise only: 50 batches of 8 (0.9^50 of the source statistics left), ~19 batches weigh in
     assert ((sorted_mean - mixed_mean).abs() < 0.12 * spread).all(), (sorted_mean - mixed_mean, spread)
     assert ((sorted_mean - exact).abs() < 0.12 * spread).all(), (sorted_mean - exact, spread)
-    in_stored_order = stats(adapt_bn(model, x, momentum=0.1, batch_size=8, shuffle=False))[0][0]
+    in_stored_order = stats(adapt_bn(model, x, AdaBNSettings(momentum=0.1, batch_size=8, shuffle=False)))[0][0]
     assert ((in_stored_order - exact).abs() > 0.2 * spread).all()   # what the shuffle removes
 
 
@@ -140,13 +140,13 @@ def test_layer_mask_leaves_masked_layers_untouched(momentum):
     src = stats(model)
     for layers, kept in [(exclude_last(1), [2]), (exclude_first(2), [0, 1]), ([False, True, False], [0, 2]),
                          (exclude_last(99), [0, 1, 2])]:
-        out = stats(adapt_bn(model, x, momentum=momentum, layers=layers))
+        out = stats(adapt_bn(model, x, AdaBNSettings(momentum=momentum, layers=layers)))
         for i in range(3):
             same = torch.equal(out[i][0], src[i][0]) and torch.equal(out[i][1], src[i][1])
             assert same == (i in kept), (layers, i)
     assert resolve_layers(model, exclude_first(1)) == [False, True, True]
     with pytest.raises(ValueError, match="3 BatchNorm layers"):
-        adapt_bn(model, x, layers=[True, False])
+        adapt_bn(model, x, AdaBNSettings(layers=[True, False]))
     with pytest.raises(ValueError, match="m must be"):
         exclude_last(-1)
 
@@ -156,11 +156,11 @@ def test_source_model_never_modified_and_context_restores():
     model.train()
     before = copy.deepcopy(model.state_dict())
     flags = [m.training for m in model.modules()]
-    adapt_bn(model, x, momentum=None)
-    adapt_bn(model, x, momentum=0.1, augment="crop")
+    adapt_bn(model, x, AdaBNSettings(momentum=None))
+    adapt_bn(model, x, AdaBNSettings(momentum=0.1, augment="crop"))
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
-    with adapted(model, x, momentum=None) as m:
+    with adapted(model, x, AdaBNSettings(momentum=None)) as m:
         assert m is model and not m.training
         assert not torch.equal(m[1].running_mean, before["1.running_mean"])
     for k, v in model.state_dict().items():
@@ -175,7 +175,7 @@ def test_only_bn_in_train_mode_dropout_stays_off(kwargs):
     seen = []
     model[3].register_forward_hook(lambda m, i, o: seen.append(("dropout", m.training)))
     model[1].register_forward_hook(lambda m, i, o: seen.append(("bn", m.training)))
-    out = adapt_bn(model, x, batch_size=10, **kwargs)
+    out = adapt_bn(model, x, AdaBNSettings(batch_size=10, **kwargs))
     assert seen and not any(t for kind, t in seen if kind == "dropout")
     if kwargs.get("layerwise", True) is False or kwargs["momentum"] is not None:
         assert all(t for kind, t in seen if kind == "bn")
@@ -198,13 +198,13 @@ def test_augmentation_only_in_statistics_pass_and_seeded():
     for i in range(len(x)):
         assert any(torch.equal(crop[i], padded[i, :, r:r + 8, c:c + 8]) for r in range(5) for c in range(5))
     model = tiny_bn_cnn(channels=3)
-    plain = stats(adapt_bn(model, x, momentum=None))
-    aug1 = stats(adapt_bn(model, x, momentum=None, augment="crop+flip", seed=5))
-    aug2 = stats(adapt_bn(model, x, momentum=None, augment="crop+flip", seed=5, batch_size=3))
+    plain = stats(adapt_bn(model, x, AdaBNSettings(momentum=None)))
+    aug1 = stats(adapt_bn(model, x, AdaBNSettings(momentum=None, augment="crop+flip", seed=5)))
+    aug2 = stats(adapt_bn(model, x, AdaBNSettings(momentum=None, augment="crop+flip", seed=5, batch_size=3)))
     assert not torch.allclose(plain[0][1], aug1[0][1])
     assert all(torch.allclose(p[1], q[1], rtol=1e-5) for p, q in zip(aug1, aug2))
     with pytest.raises(ValueError, match="augment"):
-        adapt_bn(model, x, augment="rotate")
+        adapt_bn(model, x, AdaBNSettings(augment="rotate"))
 
 
 def test_inputs_uint8_dataset_loader_and_readout():
@@ -212,10 +212,10 @@ def test_inputs_uint8_dataset_loader_and_readout():
     model, x = tiny_bn_cnn(), data()
     x = (x * 255).round() / 255
     u8 = (x * 255).round().to(torch.uint8)
-    ref = stats(adapt_bn(model, x, momentum=None, batch_size=10))
+    ref = stats(adapt_bn(model, x, AdaBNSettings(momentum=None, batch_size=10)))
     ds = TensorDataset(x, torch.zeros(len(x), dtype=torch.long))
     for d in (u8, ds, DataLoader(ds, batch_size=10)):
-        got = stats(adapt_bn(model, d, momentum=None, batch_size=10))
+        got = stats(adapt_bn(model, d, AdaBNSettings(momentum=None, batch_size=10)))
         assert all(torch.allclose(a[1], b[1], rtol=1e-5) for a, b in zip(ref, got))
     table = bn_statistics(model)
     assert list(table["channels"]) == [4, 3, 5]
@@ -223,7 +223,7 @@ def test_inputs_uint8_dataset_loader_and_readout():
     shift = bn_statistics_shift(model, adapt_bn(model, x))
     assert (shift["mean_shift"] > 0).all()
     with pytest.raises(ValueError, match="momentum"):
-        adapt_bn(model, x, momentum=1.5)
+        adapt_bn(model, x, AdaBNSettings(momentum=1.5))
 
 
 # ----------------------------------------------------------------------------- studies
@@ -249,16 +249,16 @@ def test_shift_grid_matches_direct_adaptation_and_keeps_source():
     y = torch.arange(40) % 5
     before = copy.deepcopy(model.state_dict())
     load = synthetic_corrupted(x, y)
-    grid = shift_grid(model, load, ["gaussian_noise", "box_blur"], [1, 3], clean=(x, y), momentum=None,
-                      batch_size=16, device="cpu")
+    grid = shift_grid(model, load, ["gaussian_noise", "box_blur"], [1, 3], clean=(x, y),
+                      adabn=AdaBNSettings(momentum=None, batch_size=16, device="cpu"))
     assert len(grid) == 5 * 3 and set(grid["arm"]) == {"source", "adabn", "adabn+aug"}
     assert (grid["momentum"] == "None (exact average)").all()
     assert (grid["calibration"] == "complete (all bins)").all()
     xc, yc = load("box_blur", 3)
     row = grid[(grid.corruption == "box_blur") & (grid.severity == 3)].set_index("arm")
     direct_src = classification_metrics(predict(model, xc, desc=None), yc)
-    direct_ada = classification_metrics(predict(adapt_bn(model, xc, momentum=None), xc, desc=None), yc)
-    direct_aug = classification_metrics(predict(adapt_bn(model, xc, augment="crop"), xc, desc=None), yc)
+    direct_ada = classification_metrics(predict(adapt_bn(model, xc, AdaBNSettings(momentum=None)), xc, desc=None), yc)
+    direct_aug = classification_metrics(predict(adapt_bn(model, xc, AdaBNSettings(augment="crop")), xc, desc=None), yc)
     # two code paths (a channels-last working copy, one exact pass vs adapt_bn): the same numbers
     # up to float rounding, so at most one image of n may be classified differently on another CPU
     one_flip = 1 / len(yc) + 1e-6
@@ -269,7 +269,7 @@ def test_shift_grid_matches_direct_adaptation_and_keeps_source():
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
     src_ok = predict(model, xc, desc=None).argmax(1) == yc
-    ada_ok = predict(adapt_bn(model, xc, momentum=None), xc, desc=None).argmax(1) == yc
+    ada_ok = predict(adapt_bn(model, xc, AdaBNSettings(momentum=None)), xc, desc=None).argmax(1) == yc
     assert abs(row.loc["adabn", "gained"] - int((ada_ok & ~src_ok).sum())) <= 1  # one flip, as above
     assert abs(row.loc["adabn", "lost"] - int((src_ok & ~ada_ok).sum())) <= 1
     assert 0 < row.loc["adabn", "p_value"] <= 1 and pd.isna(row.loc["source", "p_value"])
@@ -288,12 +288,13 @@ def test_study_tables_name_the_calibration_variant():
     from probelib.metrics import rms_calibration_error
     model, x = tiny_bn_cnn(), data(n=250)
     y = torch.arange(250) % 5
-    rows = evaluate_arms(model, x, y, ["source", "adabn"], calibration="burns", device="cpu")
+    rows = evaluate_arms(model, x, y, ["source", "adabn"], calibration="burns",
+                               adabn=AdaBNSettings(device="cpu"))
     logits = predict(model, x, desc=None)
     assert rows[0]["rms_calibration"] == pytest.approx(rms_calibration_error(logits, y, variant="burns"), rel=1e-9)
     assert rows[0]["rms_calibration"] < rms_calibration_error(logits, y)
     table = black_border_study(model, x[:40], y[:40], borders=("black",), arms=("source",), calibration="burns",
-                               device="cpu")
+                               adabn=AdaBNSettings(device="cpu"))
     assert (table["calibration"] == "burns (calib_err: last bin skipped, / N)").all()
     with pytest.raises(ValueError, match="calibration variant"):
         black_border_study(model, x[:40], y[:40], borders=("black",), arms=("source",), calibration="ece")
@@ -342,7 +343,7 @@ def test_label_shift_m_relative_to_depth_and_rejects_empty_class_subset():
     model, x = tiny_bn_cnn(), data(n=40)
     y = torch.arange(40) % 5
     # default ms: the paper's m in {0, 1, 4, 16} of WRN-40-2's 37 BN layers, scaled to this depth
-    table = label_shift(model, x, y, ks=(1, 3, 5), exclude=("last", "first"), device="cpu")
+    table = label_shift(model, x, y, ks=(1, 3, 5), exclude=("last", "first"), adabn=AdaBNSettings(device="cpu"))
     assert sorted(table["m"].unique()) == [0, 1, 2]          # 3 BN layers: every row adapts >= 1 layer
     assert (table["adapted_layers"] == 3 - table["m"]).all() and (table["adapted_layers"] >= 1).all()
     assert set(table["m_paper"]) == {0, 1, 4} and (table["n_bn_layers"] == 3).all()  # 4 and 16 -> 2
@@ -350,7 +351,7 @@ def test_label_shift_m_relative_to_depth_and_rejects_empty_class_subset():
     assert len(table) == 2 * 3 * 3
     r = table[(table.exclude == "last") & (table.m == 0) & (table.k == 3)].iloc[0]
     keep = y < 3
-    direct = predict(adapt_bn(model, x[keep], augment="auto"), x[keep], desc=None).argmax(1)
+    direct = predict(adapt_bn(model, x[keep], AdaBNSettings(augment="auto")), x[keep], desc=None).argmax(1)
     # another code path than the study's: at most one image of n may flip (float rounding across CPUs)
     assert r["accuracy"] == pytest.approx((direct == y[keep]).float().mean().item(), abs=1 / int(keep.sum()) + 1e-9)
     src = predict(model, x[keep], desc=None).argmax(1) == y[keep]
@@ -359,7 +360,7 @@ def test_label_shift_m_relative_to_depth_and_rejects_empty_class_subset():
     assert len(label_shift_verdicts(table)) == 2
     # explicit m values that would adapt nothing are refused, not silently capped
     with pytest.raises(ValueError, match="adapts no BN layer"):
-        label_shift(model, x, y, ks=(1, 5), ms=(0, 16), device="cpu")
+        label_shift(model, x, y, ks=(1, 5), ms=(0, 16), adabn=AdaBNSettings(device="cpu"))
     with pytest.raises(ValueError, match="leaves no images"):
         label_shift(model, x, y + 2, ks=(1, 2))
 
@@ -393,7 +394,7 @@ def test_label_shift_verdict_can_be_no_on_a_shallow_model():
 def test_label_shift_verdict_on_a_real_shallow_model_compares_adapted_rows_only():
     model, x = tiny_bn_cnn(seed=3), data(n=60, seed=4)
     y = torch.arange(60) % 5
-    table = label_shift(model, x, y, ks=(1, 5), exclude=("last",), device="cpu")
+    table = label_shift(model, x, y, ks=(1, 5), exclude=("last",), adabn=AdaBNSettings(device="cpu"))
     assert (table["adapted_layers"] >= 1).all()
     damage = label_shift_verdicts(table)[1]
     sub = table[table.k == 1].sort_values("m")
@@ -411,10 +412,10 @@ def test_borders_and_study():
     assert (b[..., mask] == 0).all() and (add_border(x, 1.0)[..., mask] == 1).all()
     model, x = tiny_bn_cnn(), data(n=30)
     y = torch.arange(30) % 5
-    table = black_border_study(model, x, y, device="cpu")
+    table = black_border_study(model, x, y, adabn=AdaBNSettings(device="cpu"))
     assert len(table) == 9 and set(table["border"]) == {"none", "black", "white"}
     assert len(border_verdicts(table)) == 2
-    comp = bn_statistics_comparison(model, add_border(x), device="cpu")
+    comp = bn_statistics_comparison(model, add_border(x), adabn=AdaBNSettings(device="cpu"))
     assert len(comp) == 3 and (comp["mean_shift"] > 0).all()
 
 
@@ -424,7 +425,7 @@ def test_ncg_under_adabn_against_direct_computation():
     y = torch.arange(30) % 5
     train_x, train_y = data(n=50, seed=7), torch.arange(50) % 5
     load = synthetic_corrupted(x, y)
-    table = ncg_under_adabn(model, train_x, train_y, load, ["gaussian_noise"], [2], device="cpu")
+    table = ncg_under_adabn(model, train_x, train_y, load, ["gaussian_noise"], [2], adabn=AdaBNSettings(device="cpu"))
     xc, _ = load("gaussian_noise", 2)
     _, idx = knn(train_x, xc, k=1, progress=False)
     nn_lab = train_y.numpy()[idx[:, 0]]
@@ -456,7 +457,8 @@ def test_shift_grid_reads_a_folder_in_the_cifar10c_layout(tmp_path):
     x = (x * 255).round() / 255
     y = torch.arange(24) % 5
     folder = write_corrupted(to_uint8_images(x), y.numpy(), tmp_path / "tiny-c", ["gaussian_noise"], progress=False)
-    kwargs = dict(corruptions=["gaussian_noise"], severities=[2, 4], momentum=0.1, batch_size=8, device="cpu")
+    kwargs = dict(corruptions=["gaussian_noise"], severities=[2, 4],
+                  adabn=AdaBNSettings(momentum=0.1, batch_size=8, device="cpu"))
     from_disk = shift_grid(model, folder, **kwargs)
     on_the_fly = shift_grid(model, corrupt_on_the_fly(x, y), **kwargs)
     pd.testing.assert_frame_equal(from_disk, on_the_fly)
@@ -469,17 +471,19 @@ def test_one_pass_exact_statistics_equal_truncated_passes_and_arm_logits():
     before = copy.deepcopy(model.state_dict())
     for kw in (dict(), dict(layers=exclude_last(1)), dict(layers=exclude_first(1)),
                dict(augment="crop+flip", seed=2)):
-        one = stats(adapt_bn(model, x, batch_size=64, **kw))  # all 37 in one batch: one pass
-        many = stats(adapt_bn(model, x, batch_size=5, **kw))  # one truncated pass per layer
+        one = stats(adapt_bn(model, x, AdaBNSettings(batch_size=64, **kw)))  # all 37 in one batch: one pass
+        many = stats(adapt_bn(model, x, AdaBNSettings(batch_size=5, **kw)))  # one truncated pass per layer
         for (a, b), (c, d) in zip(one, many):
             assert torch.allclose(a, c, atol=1e-6) and torch.allclose(b, d, rtol=1e-5), kw
     # the adabn arm reuses the single statistics pass as its forward: same logits as adapt + predict
-    direct = predict(adapt_bn(model, x, batch_size=5), x, desc=None)
-    assert torch.allclose(arm_logits(model, x, "adabn", device="cpu"), direct, atol=1e-5)
-    aug = predict(adapt_bn(model, x, augment="crop+flip", batch_size=5), x, desc=None)
-    assert torch.allclose(arm_logits(model, x, "adabn+aug", augment="crop+flip", device="cpu"), aug, atol=1e-5)
-    masked = predict(adapt_bn(model, x, layers=exclude_last(2), batch_size=5), x, desc=None)
-    assert torch.allclose(arm_logits(model, x, "adabn", layers=exclude_last(2), device="cpu"), masked, atol=1e-5)
+    direct = predict(adapt_bn(model, x, AdaBNSettings(batch_size=5)), x, desc=None)
+    assert torch.allclose(arm_logits(model, x, "adabn", adabn=AdaBNSettings(device="cpu")), direct, atol=1e-5)
+    aug = predict(adapt_bn(model, x, AdaBNSettings(augment="crop+flip", batch_size=5)), x, desc=None)
+    got = arm_logits(model, x, "adabn+aug", adabn=AdaBNSettings(augment="crop+flip", device="cpu"))
+    assert torch.allclose(got, aug, atol=1e-5)
+    masked = predict(adapt_bn(model, x, AdaBNSettings(layers=exclude_last(2), batch_size=5)), x, desc=None)
+    got = arm_logits(model, x, "adabn", adabn=AdaBNSettings(layers=exclude_last(2), device="cpu"))
+    assert torch.allclose(got, masked, atol=1e-5)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
 
@@ -487,20 +491,21 @@ def test_one_pass_exact_statistics_equal_truncated_passes_and_arm_logits():
 def test_stratified_subset_and_n_images():
     from probelib.adabn import stratified_subset
     x, y = data(n=60), torch.arange(60) // 12  # sorted by class, as test splits often are
-    xs, ys = stratified_subset(x, y, 20)
+    xs, ys = stratified_subset(x, y, n_images=20)
     assert len(ys) == 20 and torch.bincount(ys).tolist() == [4] * 5
     rows = [int(torch.nonzero((x == xi).flatten(1).all(1))[0]) for xi in xs]  # images of x, kept in order
     assert rows == sorted(rows) and torch.equal(y[rows], ys)
-    assert stratified_subset(x, y, None)[0] is x and len(stratified_subset(x, y, 100)[1]) == 60
+    assert stratified_subset(x, y, n_images=None)[0] is x and len(stratified_subset(x, y, n_images=100)[1]) == 60
     with pytest.raises(ValueError, match="n_images"):
-        stratified_subset(x, y, 0)
+        stratified_subset(x, y, n_images=0)
     load = synthetic_corrupted(x, y)
-    grid = shift_grid(tiny_bn_cnn(), load, ["gaussian_noise"], [1], clean=(x, y), n_images=20, device="cpu")
+    grid = shift_grid(tiny_bn_cnn(), load, ["gaussian_noise"], [1], clean=(x, y), n_images=20,
+                      adabn=AdaBNSettings(device="cpu"))
     assert (grid["n"] == 20).all() and len(grid) == 6
     from probelib.adabn import load_shifted
-    xl, yl = load_shifted(load, "gaussian_noise", 1, 20)  # the subset the grid scored
-    assert torch.equal(xl, stratified_subset(*load("gaussian_noise", 1), 20)[0]) and len(yl) == 20
+    xl, yl = load_shifted(load, "gaussian_noise", 1, n_images=20)  # the subset the grid scored
+    assert torch.equal(xl, stratified_subset(*load("gaussian_noise", 1), n_images=20)[0]) and len(yl) == 20
     train_x, train_y = data(n=30, seed=3), torch.arange(30) % 5
     table = ncg_under_adabn(tiny_bn_cnn(), train_x, train_y, load, ["gaussian_noise"], [1, 2], n_images=20,
-                            device="cpu")
+                            adabn=AdaBNSettings(device="cpu"))
     assert table["n"].iloc[0] == 40

@@ -315,8 +315,8 @@ def test_cuda_without_cuda_gives_probelibs_message_everywhere(entry, tmp_path):
     nearest_neighbours(x, torch.arange(12) % 3, x[:2], store=store, name="nn", progress=False)  # cached now
     call = {"metrics.predict": lambda: metrics.predict(_bn_model(), x, device="cuda"),
             "attacks.predict": lambda: attacks.predict(_bn_model(), x, device="cuda"),
-            "adapt_bn": lambda: A.adapt_bn(_bn_model(), x, device="cuda"),
-            "arm_logits": lambda: A.arm_logits(_bn_model(), x, "adabn", device="cuda"),
+            "adapt_bn": lambda: A.adapt_bn(_bn_model(), x, A.AdaBNSettings(device="cuda")),
+            "arm_logits": lambda: A.arm_logits(_bn_model(), x, "adabn", adabn=A.AdaBNSettings(device="cuda")),
             "predict_labels": lambda: predict_labels(_bn_model(), x, store=False, device="cuda"),
             "nearest_neighbours": lambda: nearest_neighbours(x, torch.arange(12) % 3, x[:2], store=store, name="nn",
                                                              device="cuda", progress=False)}[entry]

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from probelib.adabn import ARMS, corrupt_on_the_fly, shift_grid
+from probelib.adabn import ARMS, AdaBNSettings, corrupt_on_the_fly, shift_grid
 from probelib.attacks import cw_l2, fmn_l2, pgd
 from probelib.data import as_tensors
 from probelib.models import build_model
@@ -111,7 +111,7 @@ def test_adabn_shift_grid_twice_is_identical(splits):
 
     def grid(seed: int = 0, corruption_seed: int = 0) -> pd.DataFrame:
         return shift_grid(net, corrupt_on_the_fly(x, y, seed=corruption_seed), corruptions=["gaussian_noise", "fog"],
-                          severities=[3], arms=ARMS, clean=(x, y), seed=seed, device="cpu")
+                          severities=[3], arms=ARMS, clean=(x, y), adabn=AdaBNSettings(seed=seed, device="cpu"))
 
     first, second = grid(), grid()
     assert len(first) == 3 * len(ARMS)

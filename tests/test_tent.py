@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from probelib.models import build_model
+from probelib.adabn import AdaBNSettings
 from probelib.tent import TentSettings, entropy, norm_logits, tent_arm_logits, tent_logits
 
 
@@ -72,6 +73,36 @@ def test_one_step_lowers_the_batch_entropy(x, one_thread):
     assert torch.allclose(reset[:16], reset[16:], atol=1e-6)
 
 
+def _tent_every_update(model, x, s):
+    """TENT by the definition, every update taken (also those no later batch uses)."""
+    from probelib.tent import prepare_batch_norm
+    work, chosen = prepare_batch_norm(model)
+    params = [p for m in chosen for p in (m.weight, m.bias)]
+    source = [p.detach().clone() for p in params]
+    make = lambda: torch.optim.Adam(params, lr=s.lr, betas=s.betas)  # noqa: E731
+    opt, out = make(), []
+    for i in range(0, len(x), s.batch_size):
+        for _ in range(s.steps):
+            logits = work(x[i:i + s.batch_size])
+            opt.zero_grad()
+            entropy(logits).mean().backward()
+            opt.step()
+        out.append(logits.detach())
+        if s.reset_each_batch:
+            with torch.no_grad():
+                for p, p0 in zip(params, source):
+                    p.copy_(p0)
+            opt = make()
+    return torch.cat(out)
+
+
+def test_updates_no_batch_uses_are_skipped_without_changing_a_logit(x, one_thread):
+    model = _bn_model()
+    for s in (TentSettings(batch_size=16, lr=1e-2), TentSettings(batch_size=20, lr=1e-2, steps=2),
+              TentSettings(batch_size=16, lr=1e-2, reset_each_batch=True)):
+        assert torch.equal(tent_logits(model, x, s), _tent_every_update(model, x, s)), s
+
+
 def test_episodic_per_setting_and_model_not_mutated(x, one_thread):
     model = _bn_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -123,7 +154,8 @@ def test_shift_grid_tent_with_lr_zero_equals_norm_and_carries_mcnemar(x, one_thr
     model, y = _bn_model(), _labels(len(x))
     load = _corrupted(x, y)
     s0 = TentSettings(batch_size=16, lr=0.0)
-    grid = shift_grid(model, load, ["gaussian_noise", "box_blur"], [1, 3], arms=STUDY_ARMS, device="cpu", tent=s0)
+    grid = shift_grid(model, load, ["gaussian_noise", "box_blur"], [1, 3], arms=STUDY_ARMS, tent=s0,
+                      adabn=AdaBNSettings(device="cpu"))
     assert set(grid["arm"]) == {"source", "adabn", "adabn+aug", "norm", "tent"} and len(grid) == 4 * 5
     by = grid.set_index(["corruption", "severity", "arm"])
     for c, sev in [("gaussian_noise", 1), ("gaussian_noise", 3), ("box_blur", 1), ("box_blur", 3)]:
@@ -132,7 +164,7 @@ def test_shift_grid_tent_with_lr_zero_equals_norm_and_carries_mcnemar(x, one_thr
     # the tent rows against source and against adabn, counted image by image from the logits directly
     xc, yc = load("box_blur", 3)
     s = TentSettings(batch_size=16, lr=5e-2)
-    grid = shift_grid(model, load, ["box_blur"], [3], arms=STUDY_ARMS, device="cpu", tent=s)
+    grid = shift_grid(model, load, ["box_blur"], [3], arms=STUDY_ARMS, tent=s, adabn=AdaBNSettings(device="cpu"))
     row = grid.set_index("arm").loc["tent"]
     from probelib.adabn import adapt_bn
     from probelib.metrics import predict
@@ -144,11 +176,12 @@ def test_shift_grid_tent_with_lr_zero_equals_norm_and_carries_mcnemar(x, one_thr
     assert (row["gained"], row["lost"]) == (vs_src["c"], vs_src["b"]) and row["p_value"] == pytest.approx(vs_src["p"])
     assert row["vs_adabn"] == "adabn"
     assert (row["gained_vs_adabn"], row["lost_vs_adabn"]) == (vs_ada["c"], vs_ada["b"])
-    assert row["p_vs_adabn"] == pytest.approx(vs_ada["p"])
+    assert row["p_value_vs_adabn"] == pytest.approx(vs_ada["p"])
     assert "lr 0.05" in row["tent_settings"] and "episodic" in row["tent_settings"]
     assert "shuffled" in row["tent_settings"]
     # opt-in: the default arms are Burns & Steinhardt's three
-    assert set(shift_grid(model, load, ["box_blur"], [3], device="cpu")["arm"]) == {"source", "adabn", "adabn+aug"}
+    default = shift_grid(model, load, ["box_blur"], [3], adabn=AdaBNSettings(device="cpu"))
+    assert set(default["arm"]) == {"source", "adabn", "adabn+aug"}
 
 
 def test_label_shift_tent_adapts_only_the_selected_layers(x, one_thread):
@@ -169,14 +202,14 @@ def test_label_shift_tent_adapts_only_the_selected_layers(x, one_thread):
     with pytest.raises(ValueError, match="selects none"):
         norm_logits(model, x, layers=[False] * n_bn)
     table = label_shift(model, x, y, ks=(2, 5), ms=(0, 2), arms=["adabn+aug", "norm", "tent"],
-                        tent=TentSettings(batch_size=16, lr=0.0), device="cpu")
+                        tent=TentSettings(batch_size=16, lr=0.0), adabn=AdaBNSettings(device="cpu"))
     assert len(table) == 2 * 2 * 3 and set(table["arm"]) == {"adabn+aug", "norm", "tent"}
     t, n = (table[table.arm == a].set_index(["m", "k"]) for a in ("tent", "norm"))
     assert (t["accuracy"] - n["accuracy"]).abs().max() < 1e-9
     assert (t["vs_adabn"] == "adabn+aug").all()
-    assert t[["gained_vs_adabn", "lost_vs_adabn", "p_vs_adabn"]].notna().all().all()
+    assert t[["gained_vs_adabn", "lost_vs_adabn", "p_value_vs_adabn"]].notna().all().all()
     with pytest.raises(ValueError, match="adapted arms only"):
-        label_shift(model, x, y, ks=(5,), arms=["source", "tent"], device="cpu")
+        label_shift(model, x, y, ks=(5,), arms=["source", "tent"], adabn=AdaBNSettings(device="cpu"))
 
 
 def test_models_without_batch_norm_are_refused_by_every_adapted_arm(x):
@@ -185,12 +218,12 @@ def test_models_without_batch_norm_are_refused_by_every_adapted_arm(x):
     load = _corrupted(x, y)
     for arm in ("norm", "tent", "adabn"):
         with pytest.raises(ValueError, match="no BatchNorm"):
-            shift_grid(model, load, ["box_blur"], [1], arms=["source", arm], device="cpu")
+            shift_grid(model, load, ["box_blur"], [1], arms=["source", arm], adabn=AdaBNSettings(device="cpu"))
         with pytest.raises(ValueError, match="no BatchNorm"):
-            black_border_study(model, x, y, borders=("black",), arms=["source", arm], device="cpu")
+            black_border_study(model, x, y, borders=("black",), arms=["source", arm], adabn=AdaBNSettings(device="cpu"))
         with pytest.raises(ValueError, match="no BatchNorm"):
-            label_shift(model, x, y, ks=(5,), ms=(0,), arms=[arm], device="cpu")
-    assert len(shift_grid(model, load, ["box_blur"], [1], arms=["source"], device="cpu")) == 1
+            label_shift(model, x, y, ks=(5,), ms=(0,), arms=[arm], adabn=AdaBNSettings(device="cpu"))
+    assert len(shift_grid(model, load, ["box_blur"], [1], arms=["source"], adabn=AdaBNSettings(device="cpu"))) == 1
 
 
 def _row(arm, accuracy, gained=None, lost=None, g_ada=None, l_ada=None, n=200, **where):
@@ -200,7 +233,7 @@ def _row(arm, accuracy, gained=None, lost=None, g_ada=None, l_ada=None, n=200, *
         row.update(gained=gained, lost=lost, p_value=mcnemar_counts(lost, gained)["p"])
     if arm == "tent":
         row.update(vs_adabn="adabn", gained_vs_adabn=g_ada, lost_vs_adabn=l_ada,
-                   p_vs_adabn=mcnemar_counts(l_ada, g_ada)["p"], tent_settings="adam lr 0.001")
+                   p_value_vs_adabn=mcnemar_counts(l_ada, g_ada)["p"], tent_settings="adam lr 0.001")
     return row
 
 
@@ -220,13 +253,15 @@ def _grid(g_ada: int, l_ada: int) -> "pd.DataFrame":
 def test_tent_verdict_can_go_both_ways():
     import pandas as pd
     from probelib.adabn import tent_verdict, tent_verdicts
-    better = tent_verdict(_grid(12, 2))
-    assert better.decision == "BETTER" and ": BETTER —" in better.text
-    assert "48 gained, 8 lost" in better.text and "2 corruptions x 2 severities" in better.text
-    assert "tent vs source: 168 gained, 48 lost" in better.text
+    from probelib.report import Verdict
+    better = tent_verdict(_grid(12, 2))  # the decision: tent beats the AdaBN arm (YES), with McNemar's p
+    assert isinstance(better, Verdict) and better.result == "YES" and better.p < 0.05
+    assert better.claim.startswith("tent beats adabn on the shift grid")
+    assert ": BETTER —" in better and "48 gained, 8 lost" in better and "2 corruptions x 2 severities" in better
+    assert "tent vs source: 168 gained, 48 lost" in better
     worse = tent_verdict(_grid(1, 9))
-    assert worse.decision == "WORSE" and "4 gained, 36 lost" in worse.text
-    assert tent_verdict(_grid(5, 4)).decision == "NOT SIGNIFICANT"
+    assert worse.result == "NO" and "4 gained, 36 lost" in worse
+    assert tent_verdict(_grid(5, 4)).result == "NOT SIGNIFICANT"
     # label shift: only the label-shifted rows with all layers adapted count
     ls = []
     for m in (0, 2):
@@ -235,16 +270,16 @@ def test_tent_verdict_can_go_both_ways():
             ls += [_row("adabn+aug", 0.5, 5, 20, **where) | {"gain": -0.3},
                    _row("tent", 0.5 + (g - l_) / 200, 5 + g, 20 + l_, g, l_, **where) | {"vs_adabn": "adabn+aug"}]
     v = tent_verdict(pd.DataFrame(ls))
-    assert v.decision == "BETTER" and "k in [1, 3]" in v.text and "17 gained, 1 lost" in v.text
-    assert "tent vs adabn+aug" in v.text
+    assert v.result == "YES" and "k in [1, 3]" in v.claim and "17 gained, 1 lost" in v
+    assert "tent vs adabn+aug" in v and v.paper == "not in either paper"
     # borders: one verdict per bordered border, each judged on its own rows
     border = pd.DataFrame([_row("source", 0.9, border="black"), _row("adabn", 0.8, 2, 22, border="black"),
                            _row("tent", 0.7, 2, 40, 1, 21, border="black"),
                            _row("source", 0.9, border="white"), _row("adabn", 0.8, 2, 22, border="white"),
                            _row("tent", 0.85, 10, 20, 21, 1, border="white")])
     black, white = tent_verdicts(border)
-    assert black.decision == "WORSE" and "black border" in black.text
-    assert white.decision == "BETTER" and "white border" in white.text
+    assert black.result == "NO" and "black border" in black.claim
+    assert white.result == "YES" and "white border" in white.claim
     with pytest.raises(ValueError, match="no tent arm"):
         tent_verdict(border[border.arm != "tent"])
     with pytest.raises(ValueError, match="AdaBN arm"):

@@ -695,7 +695,7 @@ def arm_logits(work: nn.Module, x: torch.Tensor, arm: str = "adabn", momentum: f
     eval_batch_size = _eval_batch(eval_batch_size, device)
     batch_size = _stats_batch(batch_size, momentum, x)
     if arm == "source":
-        return predict(work, x, eval_batch_size, device, desc=None)
+        return predict(work, x, batch_size=eval_batch_size, device=device, desc=None)
     if arm == "adabn" and momentum is None and layerwise and _single_batch(x, batch_size):
         chosen = [m for (_, m), keep in zip(bn_layers(work), resolve_layers(work, layers)) if keep]
         with preserved_bn_statistics(work), torch.no_grad():
@@ -704,7 +704,7 @@ def arm_logits(work: nn.Module, x: torch.Tensor, arm: str = "adabn", momentum: f
         return check_finite_outputs(out.float().cpu(), work)
     with adapted(work, x, momentum, layers, augment if arm == "adabn+aug" else None,
                  batch_size, device, layerwise, seed) as m:
-        return predict(m, x, eval_batch_size, device, desc=None)
+        return predict(m, x, batch_size=eval_batch_size, device=device, desc=None)
 
 
 def _as_pair(data) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1005,7 +1005,7 @@ def label_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ks: Sequence
         chosen = sorted({int(m) for m in ms})
         stands_for = {m: None for m in chosen}
     work, device = _working_copy(model, device)
-    source_logits = predict(work, x, _eval_batch(eval_batch_size, device), device, desc=None)
+    source_logits = predict(work, x, batch_size=_eval_batch(eval_batch_size, device), device=device, desc=None)
     rows = []
     from tqdm.auto import tqdm
     for e in exclude:

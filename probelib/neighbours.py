@@ -22,10 +22,11 @@ import torch
 from tqdm.auto import tqdm
 
 from probelib._util import check_choice, check_images_or_features, check_labels, check_name, default_device
+from probelib.models import extract_features
 from probelib.store import Store, default_store, fingerprint
 
 __all__ = ["METRICS", "IMAGENET_MEAN", "IMAGENET_STD", "knn", "brute_force_knn", "Neighbours",
-           "nearest_neighbours", "features_of"]
+           "nearest_neighbours"]
 
 METRICS = ("l2", "l1", "linf")
 BACKENDS = ("auto", "torch", "faiss")
@@ -434,28 +435,6 @@ def _apply_normalise(x: torch.Tensor, ms) -> torch.Tensor:
     return (x - m) / s
 
 
-@torch.no_grad()
-def features_of(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512,
-                device: str | torch.device | None = None, progress: bool = True) -> torch.Tensor:
-    """The model's representation (``model.features``) of ``x``, in eval mode, as float32 CPU (N, D)."""
-    try:
-        from probelib.models import extract_features  # the models module's own helper when present
-    except ImportError:
-        extract_features = None
-    if extract_features is not None:
-        return torch.as_tensor(extract_features(model, x, batch_size=batch_size, device=device)).float().cpu()
-    if not hasattr(model, "features"):
-        raise ValueError(f"{type(model).__name__} has no features(x) method; feature-space "
-                         "neighbours need a model exposing its representation")
-    dev = default_device(device)
-    was_training = model.training
-    model.eval().to(dev)
-    out = [model.features(x[a:a + batch_size].to(dev)).flatten(1).float().cpu()
-           for a in tqdm(range(0, len(x), batch_size), desc="features", leave=False, disable=not progress)]
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
-
-
 def nearest_neighbours(reference_x, reference_y, queries, *, k: int = 1, metric: str = "l2",
                        space: str = "pixel", model: torch.nn.Module | None = None,
                        normalise=None, store: Store | None | bool = None, name: str = "neighbours",
@@ -502,7 +481,8 @@ def nearest_neighbours(reference_x, reference_y, queries, *, k: int = 1, metric:
 
     def compute() -> dict[str, np.ndarray]:
         if space == "feature":
-            ref, qry = (features_of(model, t, device=device, progress=progress) for t in (reference_x, queries))
+            ref, qry = (extract_features(model, t, device=device, desc="features" if progress else None)
+                        for t in (reference_x, queries))
         else:
             ref, qry = _apply_normalise(reference_x, ms), _apply_normalise(queries, ms)
         dist, idx = knn(ref, qry, k=k, metric=metric, device="cpu", progress=progress)

@@ -22,15 +22,24 @@ back through ``load_pretrained``, so the whole path runs offline.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+
+from probelib._util import check_choice
+from probelib.data import as_tensors
+from probelib.metrics import predict
+from probelib.models import load_pretrained
+from probelib.models.pretrained import save_external, zoo_path
+from probelib.ncg import (IMAGENET_LIKE, NCGInputs, _store, feature_splits, load_splits, method_label, ncg_inputs,
+                          train_ncg_model)
+from probelib.neighbours import nearest_neighbours
 
 __all__ = ["export_embedded", "load_models", "pretrained_ncg_inputs", "reload_check", "EMBEDDED_FORMATS"]
 
@@ -48,8 +57,6 @@ def export_embedded(dataset: str, folder: str | os.PathLike, methods: Sequence[s
     """Train (or load from the store) probelib's NCG models for ``dataset`` and write each in an
     external format (:data:`EMBEDDED_FORMATS`) under ``folder``. Returns the specs that load them
     back (for :func:`load_models`) and the trained models (label → model, to check the reload)."""
-    from probelib.models.pretrained import save_external, zoo_path
-    from probelib.ncg import load_splits, method_label, train_ncg_model
 
     folder = Path(folder)
     splits = load_splits(dataset)
@@ -80,7 +87,6 @@ def export_embedded(dataset: str, folder: str | os.PathLike, methods: Sequence[s
 
 def load_models(specs: Sequence[Mapping[str, Any]], device=None) -> dict[str, nn.Module]:
     """label → model for each spec (``load_pretrained`` arguments plus ``label``; ``format`` is a note)."""
-    from probelib.models import load_pretrained
 
     if not specs:
         raise ValueError("no models: pass a list of specs such as {'label': 'Standard', 'source': 'robustbench', "
@@ -104,7 +110,6 @@ def reload_check(trained: Mapping[str, nn.Module], loaded: Mapping[str, nn.Modul
                  atol: float = 1e-5) -> pd.DataFrame:
     """Per label: the largest |logit difference| between the trained model and its reloaded
     checkpoint on ``x``, and whether it is within ``atol``."""
-    from probelib.metrics import predict
 
     rows = []
     for label, model in trained.items():
@@ -129,17 +134,13 @@ def _check_classes(models: Mapping[str, nn.Module], splits) -> None:
 
 def pretrained_ncg_inputs(models: Mapping[str, nn.Module], dataset: str, space: str = "pixel",
                           reference: str | None = None, *, store=None, device=None
-                          ) -> dict[str, dict[str, np.ndarray]]:
-    """``{label: ncg_inputs}`` for loaded models on the unseen class of ``dataset`` (a …wo<K> name).
+                          ) -> dict[str, NCGInputs]:
+    """``{label: ncg_inputs(...)}`` for loaded models on the unseen class of ``dataset`` (a …wo<K> name).
 
     ``space="pixel"``: neighbours of the raw images (ImageNet-normalised for ImageNet-like sets,
     spec §1.2). ``space="feature"``: neighbours in ``models[reference].features`` (default: the
     first model), every model's own predictions compared with those neighbours' labels.
     """
-    from probelib._util import check_choice
-    from probelib.data import as_tensors
-    from probelib.ncg import IMAGENET_LIKE, _store, feature_splits, load_splits, ncg_inputs
-    from probelib.neighbours import nearest_neighbours
 
     check_choice("space", space, ("pixel", "feature"))
     if not models:
@@ -163,7 +164,6 @@ def pretrained_ncg_inputs(models: Mapping[str, nn.Module], dataset: str, space: 
     ood_nn = nearest_neighbours(ftr, fy, foo, store=st_arg, name=f"{dataset}-ood-features-{reference}", progress=False)
     test_nn = nearest_neighbours(ftr, fy, fte, store=st_arg, name=f"{dataset}-test-features-{reference}",
                                  progress=False)
-    for inputs in out.values():
-        inputs.update(ood_nn_label=ood_nn.label, ood_nn_distance=ood_nn.distance, ood_nn_index=ood_nn.index,
-                      test_nn_label=test_nn.label, test_nn_distance=test_nn.distance)
-    return out
+    return {label: dataclasses.replace(a, ood_nn_label=ood_nn.label, ood_nn_distance=ood_nn.distance,
+                                       ood_nn_index=ood_nn.index, test_nn_label=test_nn.label,
+                                       test_nn_distance=test_nn.distance) for label, a in out.items()}

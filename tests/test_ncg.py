@@ -157,14 +157,14 @@ def test_ncg_inputs_pixel_and_feature_on_digits(tmp_path):
     store = Store(tmp_path)
     a = N.ncg_inputs(model, splits, store=store)
     _, bi = brute_force_knn(splits.train.x, splits.ood.x)
-    np.testing.assert_array_equal(a["ood_nn_label"], splits.train.y.numpy()[bi[:, 0]])
+    np.testing.assert_array_equal(a.ood_nn_label, splits.train.y.numpy()[bi[:, 0]])
     with torch.no_grad():  # batched predict vs one forward: at most one tie may break differently
-        assert (a["ood_pred"] != model(splits.ood.x).argmax(1).numpy()).sum() <= 1
-    assert len(a["ood_pred"]) == len(splits.ood) and int(a["num_classes"]) == 9
+        assert (a.ood_pred != model(splits.ood.x).argmax(1).numpy()).sum() <= 1
+    assert len(a.ood_pred) == len(splits.ood) and a.num_classes == 9
     n_files = len(list(tmp_path.rglob("*.npz")))
     b = N.ncg_inputs(model, splits, store=store)  # all from the cache
     assert len(list(tmp_path.rglob("*.npz"))) == n_files
-    np.testing.assert_array_equal(a["test_nn_label"], b["test_nn_label"])
+    np.testing.assert_array_equal(a.test_nn_label, b.test_nn_label)
 
     fs = N.feature_splits(splits, model, store=store)
     assert fs.train.x.shape == (len(splits.train), 16)
@@ -172,7 +172,7 @@ def test_ncg_inputs_pixel_and_feature_on_digits(tmp_path):
     f = N.ncg_inputs(mlp, fs, store=store)
     with torch.no_grad():
         _, fi = brute_force_knn(model.features(splits.train.x), model.features(splits.ood.x))
-    np.testing.assert_array_equal(f["ood_nn_index"], fi[:, 0])
+    np.testing.assert_array_equal(f.ood_nn_index, fi[:, 0])
     table = N.ncg_table({"natural": a})
     assert 0 <= table.loc["natural", "ncg"] <= 1
 

@@ -272,9 +272,9 @@ def test_pretrained_ncg_pipeline_on_digits(tmp_path, one_thread):
     (trx, try_), (oox, _) = as_tensors(splits.train), as_tensors(splits.ood)
     with torch.no_grad():
         _, idx = brute_force_knn(loaded["b"].features(trx), loaded["b"].features(oox))
-    assert (feat["a"]["ood_nn_label"] == try_.numpy()[idx[:, 0]]).mean() > 0.99  # b's features, for a too
-    assert (feat["a"]["ood_nn_label"] == feat["b"]["ood_nn_label"]).all()
-    assert (feat["a"]["ood_pred"] == pix["a"]["ood_pred"]).all()  # each model's own prediction
+    assert (feat["a"].ood_nn_label == try_.numpy()[idx[:, 0]]).mean() > 0.99  # b's features, for a too
+    assert (feat["a"].ood_nn_label == feat["b"].ood_nn_label).all()
+    assert (feat["a"].ood_pred == pix["a"].ood_pred).all()  # each model's own prediction
     table = ncg.ncg_table(feat, natural="b")
     assert set(table.index) == {"a", "b"} and 0 <= table.loc["a", "mcnemar_p"] <= 1
     with pytest.raises(ValueError, match="9 seen classes"):

@@ -105,11 +105,11 @@ def test_pearson_and_report():
 
 def _inputs(ood_pred, nn_label, test_pred, seed=0):
     n = len(ood_pred)
-    return {"train_pred": np.array([0, 1, 1, 2]), "train_y": np.array([0, 1, 2, 2]),
-            "test_pred": np.asarray(test_pred), "test_y": np.array([0, 1, 2]),
-            "ood_pred": np.asarray(ood_pred), "ood_nn_label": np.asarray(nn_label),
-            "ood_nn_distance": np.arange(n, dtype=float), "ood_nn_index": np.arange(n),
-            "test_nn_label": np.array([0, 1, 2]), "test_nn_distance": np.ones(3), "num_classes": np.int64(3)}
+    return N.NCGInputs(train_pred=np.array([0, 1, 1, 2]), train_y=np.array([0, 1, 2, 2]),
+                       test_pred=np.asarray(test_pred), test_y=np.array([0, 1, 2]),
+                       ood_pred=np.asarray(ood_pred), ood_nn_label=np.asarray(nn_label),
+                       ood_nn_distance=np.arange(n, dtype=float), ood_nn_index=np.arange(n),
+                       test_nn_label=np.array([0, 1, 2]), test_nn_distance=np.ones(3), num_classes=3)
 
 
 def test_ncg_table_and_counts():

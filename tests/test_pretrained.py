@@ -16,8 +16,8 @@ import torchvision
 from torch import nn
 
 from probelib.models import CheckpointError, CheckpointMismatchError, UnsafeCheckpointError, build_model
-from probelib.models.pretrained import (ZOO, ZooEntry, guess_torchvision_arch, load_pretrained, read_state_dict,
-                                        save_external, zoo_names, zoo_path)
+from probelib.models.pretrained import guess_torchvision_arch, load_pretrained, read_state_dict, save_external, zoo_path
+from probelib.models.zoo import ZOO, ZooEntry, zoo_names
 
 ATOL = 1e-5
 

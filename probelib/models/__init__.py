@@ -36,9 +36,10 @@ from probelib.models.checkpoint import (CheckpointError, CheckpointMismatchError
                                         load_checkpoint, read_checkpoint, save_checkpoint)
 from probelib.models.cnn import CNN002
 from probelib.models.mlp import MLP, MLP_WIDTHS
-from probelib.models.pretrained import ZOO, load_pretrained, read_state_dict, save_external, zoo_names
+from probelib.models.pretrained import load_pretrained, read_state_dict, save_external
 from probelib.models.resnet import TORCHVISION_ARCHS, NormalizedResNet, build_resnet
 from probelib.models.wrn import NORMS, WideResNet
+from probelib.models.zoo import ZOO, zoo_names
 
 __all__ = ["build_model", "model_names", "save_checkpoint", "load_checkpoint", "read_checkpoint",
            "extract_features", "CheckpointMismatchError", "CheckpointError", "UnsafeCheckpointError", "CNN002", "WideResNet", "NormalizedResNet",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -193,3 +194,25 @@ def test_verdicts_and_dataset_names():
     assert N.compare_verdict(table, "mixup", "feature", "d").startswith("mixup > natural NCG (feature, mixup, d): NO")
     assert ": YES" in N.chance_verdict(np.zeros(90), np.zeros(90), 9, "x")
     assert ": NO" in N.chance_verdict(np.zeros(90), np.r_[np.zeros(10), np.ones(80)], 9, "x")
+
+
+def test_decisions_of_the_verdict_functions():
+    """The YES/NO decisions the NCG notebooks print, checked on the Verdict's fields."""
+    row = pd.Series({"ncg": 0.5, "chance": 0.1, "chi2_p": 0.01})
+    v = N.table_chance_verdict(row, "pixel, natural, d")
+    assert (v.result, v.paper, v.claim, v.p) == ("YES", "YES", "NCG above chance (pixel, natural, d)", 0.01)
+    assert str(v) == "NCG above chance (pixel, natural, d): YES (0.500 vs 0.100; χ² p=0.01)"
+    assert N.table_chance_verdict(row.replace(0.01, 0.2), "x").result == "NO"  # not significant
+    assert N.chance_verdict(np.zeros(90), np.zeros(90), 9, "x").result == "YES"
+
+    nat = _inputs([0] * 6, [0, 1, 2, 0, 1, 2], [0, 1, 2])
+    rob = _inputs([0, 1, 2, 0, 1, 0], [0, 1, 2, 0, 1, 2], [0, 1, 2])
+    inputs = {("d", "pixel", "natural"): nat, ("d", "pixel", "TRADES(2)"): rob}
+    bins, table = N.distance_bin_table(inputs, n_bins=3)
+    assert list(table.index.names) == ["dataset", "space", "method", "bin"] and len(table) == 6
+    (v,) = N.distance_bin_verdicts(bins)
+    assert v.result == "YES" and v.claim == "TRADES(2) > natural NCG in most distance bins (pixel, d)"
+    (v,) = N.distance_bin_verdicts({("d", "pixel", "natural"): bins["d", "pixel", "TRADES(2)"],
+                                    ("d", "pixel", "AT(2)"): bins["d", "pixel", "natural"]})
+    assert v.result == "NO"
+    assert nat.ncg == pytest.approx(2 / 6) and nat.match.sum() == 2

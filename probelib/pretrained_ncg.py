@@ -41,7 +41,8 @@ from probelib.ncg import (IMAGENET_LIKE, NCGInputs, _store, feature_splits, load
                           train_ncg_model)
 from probelib.neighbours import nearest_neighbours
 
-__all__ = ["export_embedded", "load_models", "pretrained_ncg_inputs", "reload_check", "EMBEDDED_FORMATS"]
+__all__ = ["export_embedded", "load_models", "pretrained_ncg_inputs", "reload_check", "pretrained_verdicts",
+           "corrupted_verdicts", "EMBEDDED_FORMATS"]
 
 #: How :func:`export_embedded` writes each method's model, and how it is loaded back.
 EMBEDDED_FORMATS = {
@@ -57,9 +58,7 @@ def export_embedded(dataset: str, folder: str | os.PathLike, methods: Sequence[s
     """Train (or load from the store) probelib's NCG models for ``dataset`` and write each in an
     external format (:data:`EMBEDDED_FORMATS`) under ``folder``. Returns the specs that load them
     back (for :func:`load_models`) and the trained models (label → model, to check the reload)."""
-
     folder = Path(folder)
-    splits = load_splits(dataset)
     specs, trained = [], {}
     for m in methods:
         if m not in EMBEDDED_FORMATS:
@@ -167,3 +166,31 @@ def pretrained_ncg_inputs(models: Mapping[str, nn.Module], dataset: str, space: 
     return {label: dataclasses.replace(a, ood_nn_label=ood_nn.label, ood_nn_distance=ood_nn.distance,
                                        ood_nn_index=ood_nn.index, test_nn_label=test_nn.label,
                                        test_nn_distance=test_nn.distance) for label, a in out.items()}
+
+
+def pretrained_verdicts(tables: Mapping[str, pd.DataFrame], reference: str, dataset: str) -> list[str]:
+    """Notebook 06's lines for ``{space: ncg_table}``: per model, is its NCG above chance (χ² p < 0.05),
+    and (for the others) does it beat ``reference``'s NCG (with McNemar's p on the same points)?"""
+    out = []
+    for space, table in tables.items():
+        ref_ncg = table.loc[reference, "ncg"]
+        for label, row in table.iterrows():
+            ok = row["ncg"] > row["chance"] and row["chi2_p"] < 0.05
+            out.append(f"NCG above chance (pretrained, {space}, {label}, {dataset}): {'YES' if ok else 'NO'} "
+                       f"({row['ncg']:.3f} [{row['ncg_lo']:.3f}, {row['ncg_hi']:.3f}] vs {row['chance']:.3f}; "
+                       f"χ² p={row['chi2_p']:.3g})")
+            if label != reference:
+                out.append(f"{label} > {reference} NCG (pretrained, {space}, {dataset}): "
+                           f"{'YES' if row['ncg'] > ref_ncg else 'NO'} ({row['ncg']:.3f} vs {ref_ncg:.3f}; "
+                           f"McNemar p={row['mcnemar_p']:.3g})")
+    return out
+
+
+def corrupted_verdicts(table: pd.DataFrame, labels: Sequence[str], reference: str, tag: str) -> list[str]:
+    """Notebook 06's corrupted-data lines: per model of ``labels`` other than ``reference``, is its NCG,
+    averaged over the settings of ``table`` (:func:`probelib.corruptions.corrupted_ncg_table`), above
+    the reference's?"""
+    by_model = table.groupby("method", sort=False)["ncg"].mean()
+    return [f"{label} > {reference} corrupted-data NCG (pretrained, {tag}): "
+            f"{'YES' if by_model[label] > by_model[reference] else 'NO'} (mean over settings "
+            f"{by_model[label]:.3f} vs {by_model[reference]:.3f})" for label in labels if label != reference]

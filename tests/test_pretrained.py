@@ -281,3 +281,19 @@ def test_pretrained_ncg_pipeline_on_digits(tmp_path, one_thread):
         pretrained_ncg_inputs({"c": build_model("LargeMLP", 10, in_features=64)}, "digitswo9", store=False)
     with pytest.raises(ValueError, match="labelled 'a'"):
         load_models([specs[0], specs[0]])
+
+
+def test_pretrained_verdict_decisions():
+    import pandas as pd
+
+    from probelib.pretrained_ncg import corrupted_verdicts, pretrained_verdicts
+
+    table = pd.DataFrame({"ncg": [0.5, 0.6], "ncg_lo": [0.4, 0.5], "ncg_hi": [0.6, 0.7], "chance": [0.1, 0.1],
+                          "chi2_p": [0.01, 0.2], "mcnemar_p": [float("nan"), 0.03]}, index=["a", "b"])
+    lines = pretrained_verdicts({"pixel": table}, "a", "d")
+    assert lines == ["NCG above chance (pretrained, pixel, a, d): YES (0.500 [0.400, 0.600] vs 0.100; χ² p=0.01)",
+                     "NCG above chance (pretrained, pixel, b, d): NO (0.600 [0.500, 0.700] vs 0.100; χ² p=0.2)",
+                     "b > a NCG (pretrained, pixel, d): YES (0.600 vs 0.500; McNemar p=0.03)"]
+    corrupted = pd.DataFrame({"method": ["a", "b", "a", "b"], "ncg": [0.5, 0.4, 0.5, 0.5]})
+    assert corrupted_verdicts(corrupted, ["a", "b"], "a", "t") == [
+        "b > a corrupted-data NCG (pretrained, t): NO (mean over settings 0.450 vs 0.500)"]

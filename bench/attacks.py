@@ -35,7 +35,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from probelib._util import seed_everything  # noqa: E402
-from probelib.attacks import best_of_l2, cw_l2, ddn_l2, fmn_l2, predict  # noqa: E402
+from probelib.attacks import best_of_l2, cw_l2, ddn_l2, fmn_l2  # noqa: E402
+from probelib.metrics import predict_labels  # noqa: E402
 from probelib.data import load_dataset  # noqa: E402
 from probelib.models import build_model  # noqa: E402
 from probelib.training import TrainConfig, subsample, train  # noqa: E402
@@ -87,7 +88,7 @@ def foolbox_cw(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tupl
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         raw, _, _ = attack(fb.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=None)
-    success = predict(model, raw) != y  # foolbox marks failures only by returning zeros
+    success = torch.from_numpy(predict_labels(model, raw, store=False)) != y  # foolbox marks failures only by returning zeros
     norms = (raw - x).flatten(1).norm(dim=1)
     return success, torch.where(success, norms, torch.full_like(norms, float("inf")))
 
@@ -138,7 +139,7 @@ def main() -> None:
     for method in args.methods.split(","):
         t0 = time.perf_counter()
         model = train_model(args.arch, method, args.eps, args.epochs, args.max_train, splits)
-        correct = (predict(model, splits.test.x) == splits.test.y).numpy()
+        correct = predict_labels(model, splits.test.x, store=False) == splits.test.y.numpy()
         label = method if method == "natural" else f"{method}({args.eps:g})"
         print(f"{label}: {args.arch} CNN, {args.epochs} epochs on {args.max_train} mnist5k images in "
               f"{time.perf_counter() - t0:.0f} s, test accuracy {correct.mean():.3f}", flush=True)

@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from probelib._util import (check_choice, check_images, check_images_or_features, check_positive, default_device,
+from probelib._util import (check_choice, check_images, check_positive, default_device,
                             unknown_name)
+from probelib.metrics import predict_labels
 
 NORMS = ("l2", "linf")
 
@@ -629,26 +630,6 @@ class ClosestAdversarial:
     pool_size: int
 
 
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512,
-            device: str | torch.device | None = None) -> torch.Tensor:
-    """Arg-max predictions of ``model`` on ``x`` in eval mode (caller's mode restored), on CPU.
-
-    ``device`` defaults to the one holding the model's parameters (CPU for a parameter-free model).
-    ``x``: images float in [0, 1] (N×C×H×W) or feature vectors (N×D); uint8 is refused.
-    """
-    check_images_or_features(x, "x")
-    if device is None:
-        params = list(model.parameters())
-        device = params[0].device if params else torch.device("cpu")
-    device = default_device(device)
-    out = []
-    with eval_mode(model):
-        for start in range(0, len(x), batch_size):
-            out.append(model(x[start:start + batch_size].to(device)).argmax(1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
-
-
 def closest_adversarial(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
                         nn_indices: np.ndarray | torch.Tensor, n: int = 300, seed: int = 0,
                         attack: str | Callable[..., AttackResult] = STUDY_ATTACK,
@@ -683,7 +664,7 @@ def closest_adversarial(model: nn.Module, train_x: torch.Tensor, train_y: torch.
 
     candidates = np.unique(nn_indices.ravel())
     index = torch.as_tensor(candidates)
-    correct = (predict(model, train_x[index], device=device) == train_y[index].cpu()).numpy()
+    correct = predict_labels(model, train_x[index], store=False, device=device) == train_y[index].cpu().numpy()
     pool = candidates[correct]
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False)).astype(np.int64)

@@ -15,11 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from probelib._util import check_finite_outputs, default_device, eval_mode, iter_batches, model_device
+from probelib._util import (check_finite_outputs, check_images_or_features, check_name, default_device, eval_mode,
+                            iter_batches, model_device)
+from probelib.store import Store, default_store, fingerprint
 
 __all__ = ["accuracy", "mean_confidence", "confidences", "rms_calibration_error", "CALIBRATION_VARIANTS",
            "calibration_label",
-           "expected_calibration_error", "classification_metrics", "predict"]
+           "expected_calibration_error", "classification_metrics", "predict", "predict_labels"]
 
 
 def _as_numpy(a) -> np.ndarray:
@@ -144,7 +146,7 @@ def classification_metrics(logits, labels, bin_size: int = 100, n_bins: int = 15
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data, batch_size: int = 512, device: str | torch.device | None = None,
+def predict(model: nn.Module, data, *, batch_size: int = 512, device: str | torch.device | None = None,
             desc: str | None = "predict") -> torch.Tensor:
     """Logits (float32, CPU, N×C) of ``model`` in eval mode on ``data`` (tensor, Dataset or DataLoader).
 
@@ -158,3 +160,28 @@ def predict(model: nn.Module, data, batch_size: int = 512, device: str | torch.d
     if not out:
         raise ValueError("data holds no images; pass at least one")
     return check_finite_outputs(torch.cat(out), model)
+
+
+def predict_labels(model: nn.Module, x: torch.Tensor, *, store: Store | None | bool = None,
+                   name: str = "predictions", batch_size: int = 512,
+                   device: str | torch.device | None = None) -> np.ndarray:
+    """Arg-max labels (int64 numpy, N) of ``model`` in eval mode on ``x``: :func:`predict`'s logits' argmax.
+
+    ``x``: images N×C×H×W float in [0, 1] (or uint8, divided by 255) or feature vectors N×D;
+    checked, with ``name`` and ``device``, before any work or cache lookup. ``store``: a
+    :class:`~probelib.store.Store`, ``None`` for the default store, ``False`` for no caching; the
+    cache key is the model's weights and the inputs, ``name`` the readable part of the file name.
+    """
+    check_images_or_features(x, "x", allow_uint8=True)
+    check_name(name, "name")
+    if device is not None:
+        default_device(device)
+
+    def compute():
+        return {"pred": predict(model, x, batch_size=batch_size, device=device, desc=None).argmax(1).numpy()}
+
+    if store is False:
+        return compute()["pred"]
+    st = default_store() if store is None or store is True else store
+    key = fingerprint("predictions-v1", model, x)
+    return st.cached_arrays("predictions", name, key, compute)["pred"].astype(np.int64)

@@ -12,21 +12,24 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 from scipy import stats
 
-from probelib._util import check_images_or_features, check_labels, check_name, default_device
+from probelib._util import check_labels
+from probelib.metrics import predict_labels
+from probelib.report import Verdict
 from probelib.stats import bootstrap_ci, chi_square_vs_chance, mcnemar, mcnemar_counts, pearson  # noqa: F401 (re-exported)
 from probelib.store import Store, default_store, fingerprint
 
 __all__ = ["agreement", "ncg", "bootstrap_ci", "chi_square_vs_chance", "mcnemar", "mcnemar_counts", "distance_bins",
-           "pearson", "ncg_report", "predict_labels", "feature_splits", "ncg_inputs", "ncg_table",
+           "pearson", "ncg_report", "feature_splits", "NCGInputs", "ncg_inputs", "ncg_table",
            "robust_better_counts", "chi_square_table", "load_splits", "suite_inputs", "train_ncg_model",
-           "held_out_datasets", "method_label", "compare_verdict", "chance_verdict", "stack_tables", "plot_distance_bins", "plot_neighbour_pairs",
-           "plot_distance_vs_ncg"]
+           "held_out_datasets", "method_label", "compare_verdict", "chance_verdict", "table_chance_verdict",
+           "SpaceReport", "space_report", "distance_bin_table", "distance_bin_verdicts", "stack_tables"]
 
 
 # ----------------------------------------------------------------------------- core statistics
@@ -105,36 +108,12 @@ def _store(store) -> Store | None:
     return default_store() if store is None or store is True else store
 
 
-def predict_labels(model: torch.nn.Module, x: torch.Tensor, *, store: Store | None | bool = None,
-                   name: str = "predictions", device=None, batch_size: int = 512) -> np.ndarray:
-    """Argmax predictions of ``model`` (eval mode) on ``x``, cached by (weights, inputs).
-
-    ``x``: images N×C×H×W float in [0, 1] (or uint8, divided by 255) or feature vectors N×D;
-    checked, with ``name`` and ``device``, before any work or cache lookup.
-    """
-    from probelib.metrics import predict
-
-    check_images_or_features(x, "x", allow_uint8=True)
-    check_name(name, "name")
-    if device is not None:
-        default_device(device)
-
-    def compute():
-        return {"pred": predict(model, x, batch_size=batch_size, device=device, desc=None).argmax(1).numpy()}
-
-    st = _store(store)
-    if st is None:
-        return compute()["pred"]
-    key = fingerprint("predictions-v1", model, x)
-    return st.cached_arrays("predictions", name, key, compute)["pred"].astype(np.int64)
-
-
 def feature_splits(splits, backbone: torch.nn.Module, *, store: Store | None | bool = None,
                    device=None, batch_size: int = 512):
     """The same splits with images replaced by ``backbone.features`` (the frozen representation
     of a naturally trained model, spec §1.3); cached in the store by (weights, images, labels)."""
     from probelib.data import Splits, TensorSet, as_tensors
-    from probelib.neighbours import features_of
+    from probelib.models import extract_features
 
     parts = {"train": as_tensors(splits.train), "test": as_tensors(splits.test)}
     if splits.ood is not None:
@@ -143,7 +122,7 @@ def feature_splits(splits, backbone: torch.nn.Module, *, store: Store | None | b
     def compute():
         out = {}
         for part, (x, y) in parts.items():
-            out[f"{part}_x"] = features_of(backbone, x, batch_size=batch_size, device=device, progress=False).numpy()
+            out[f"{part}_x"] = extract_features(backbone, x, batch_size=batch_size, device=device, desc=None).numpy()
             out[f"{part}_y"] = y.numpy()
         return out
 
@@ -160,16 +139,43 @@ def feature_splits(splits, backbone: torch.nn.Module, *, store: Store | None | b
                   ood=sets.get("ood"), image_shape=tuple(sets["train"].x.shape[1:]))
 
 
+@dataclass(frozen=True, eq=False)
+class NCGInputs:
+    """Everything NCG needs for one model on one dataset (:func:`ncg_inputs`): the model's
+    predictions and the true labels of each split, and the 1-NN (label, distance, training index)
+    of every OOD and every test point in the training split. Arrays are numpy, one entry per point."""
+
+    train_pred: np.ndarray
+    train_y: np.ndarray
+    test_pred: np.ndarray
+    test_y: np.ndarray
+    ood_pred: np.ndarray
+    ood_nn_label: np.ndarray
+    ood_nn_distance: np.ndarray
+    ood_nn_index: np.ndarray
+    test_nn_label: np.ndarray
+    test_nn_distance: np.ndarray
+    num_classes: int
+
+    @property
+    def match(self) -> np.ndarray:
+        """Per OOD point: prediction == label of its nearest training neighbour."""
+        return self.ood_pred == self.ood_nn_label
+
+    @property
+    def ncg(self) -> float:
+        """NCG of these inputs (:func:`ncg`)."""
+        return ncg(self.ood_pred, self.ood_nn_label)
+
+
 def ncg_inputs(model: torch.nn.Module, splits, *, store: Store | None | bool = None, device=None,
-               normalise=None, name: str | None = None) -> dict[str, np.ndarray]:
-    """Everything NCG needs for one model on one dataset, computed once and cached in the store.
+               normalise=None, name: str | None = None) -> NCGInputs:
+    """Everything NCG needs for one model on one dataset (:class:`NCGInputs`), computed once and
+    cached in the store.
 
     ``splits`` holds images (pixel-space NCG) or features from :func:`feature_splits`
     (feature-space NCG with a second-stage MLP): the neighbours are taken in whatever
     ``splits`` holds, against its training split (seen classes only, spec §1.2).
-
-    Returns arrays: ``train_pred, train_y, test_pred, test_y, ood_pred, ood_nn_label,
-    ood_nn_distance, ood_nn_index, test_nn_label, test_nn_distance`` and ``num_classes``.
     """
     from probelib.data import as_tensors
     from probelib.neighbours import nearest_neighbours
@@ -183,17 +189,16 @@ def ncg_inputs(model: torch.nn.Module, splits, *, store: Store | None | bool = N
     test_nn = nearest_neighbours(trx, try_, tex, normalise=normalise, store=store, name=f"{name}-test", progress=False)
     pred = {part: predict_labels(model, x, store=store, name=f"{name}-{part}", device=device)
             for part, x in (("train", trx), ("test", tex), ("ood", oox))}
-    return {"train_pred": pred["train"], "train_y": try_.numpy(), "test_pred": pred["test"],
-            "test_y": tey.numpy(), "ood_pred": pred["ood"], "ood_nn_label": ood_nn.label,
-            "ood_nn_distance": ood_nn.distance, "ood_nn_index": ood_nn.index,
-            "test_nn_label": test_nn.label, "test_nn_distance": test_nn.distance,
-            "num_classes": np.int64(splits.num_classes)}
+    return NCGInputs(train_pred=pred["train"], train_y=try_.numpy(), test_pred=pred["test"], test_y=tey.numpy(),
+                     ood_pred=pred["ood"], ood_nn_label=ood_nn.label, ood_nn_distance=ood_nn.distance,
+                     ood_nn_index=ood_nn.index, test_nn_label=test_nn.label, test_nn_distance=test_nn.distance,
+                     num_classes=int(splits.num_classes))
 
 
-def ncg_table(inputs: Mapping[str, Mapping[str, np.ndarray]], natural: str = "natural",
+def ncg_table(inputs: Mapping[str, NCGInputs], natural: str = "natural",
               n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """The NCG table (Tables 1–2) for models on one dataset: ``inputs`` maps a method name to
-    :func:`ncg_inputs`' arrays. Per method: train/test accuracy with 95 % intervals, NCG with its
+    """The NCG table (Tables 1–2) for models on one dataset: ``inputs`` maps a method name to its
+    :class:`NCGInputs`. Per method: train/test accuracy with 95 % intervals, NCG with its
     interval, in-distribution NCG, χ² vs chance; for the others, whether NCG beats ``natural``'s
     and McNemar's paired test against it on the same OOD points."""
     if not inputs:
@@ -201,22 +206,20 @@ def ncg_table(inputs: Mapping[str, Mapping[str, np.ndarray]], natural: str = "na
     rows = []
     base = inputs.get(natural)
     for method, a in inputs.items():
-        train_ok, test_ok = a["train_pred"] == a["train_y"], a["test_pred"] == a["test_y"]
+        train_ok, test_ok = a.train_pred == a.train_y, a.test_pred == a.test_y
         row = {"method": method, "train_acc": float(train_ok.mean()), "test_acc": float(test_ok.mean())}
         row["train_acc_lo"], row["train_acc_hi"] = bootstrap_ci(train_ok, n_boot=n_boot, seed=seed)
         row["test_acc_lo"], row["test_acc_hi"] = bootstrap_ci(test_ok, n_boot=n_boot, seed=seed)
-        row.update(ncg_report(a["ood_pred"], a["ood_nn_label"], int(a["num_classes"]),
-                              test_predictions=a["test_pred"], test_nn_labels=a["test_nn_label"],
-                              n_boot=n_boot, seed=seed))
-        row["mean_nn_distance"] = float(np.mean(a["ood_nn_distance"]))
+        row.update(ncg_report(a.ood_pred, a.ood_nn_label, a.num_classes, test_predictions=a.test_pred,
+                              test_nn_labels=a.test_nn_label, n_boot=n_boot, seed=seed))
+        row["mean_nn_distance"] = float(np.mean(a.ood_nn_distance))
         if base is not None and method != natural:
-            if len(base["ood_nn_label"]) != len(a["ood_nn_label"]) or \
-                    not np.array_equal(base["ood_nn_label"], a["ood_nn_label"]):
+            if len(base.ood_nn_label) != len(a.ood_nn_label) or not np.array_equal(base.ood_nn_label, a.ood_nn_label):
                 raise ValueError(f"{method!r} and {natural!r} were scored against different neighbours; "
                                  "McNemar's test needs the same OOD points and 1-NN labels")
-            test = mcnemar(a["ood_pred"] == a["ood_nn_label"], base["ood_pred"] == base["ood_nn_label"])
-            row.update(gain_vs_natural=row["ncg"] - float(np.mean(base["ood_pred"] == base["ood_nn_label"])),
-                       robust_gt_natural=bool(row["ncg"] > np.mean(base["ood_pred"] == base["ood_nn_label"])),
+            test = mcnemar(a.match, base.match)
+            row.update(gain_vs_natural=row["ncg"] - float(np.mean(base.match)),
+                       robust_gt_natural=bool(row["ncg"] > np.mean(base.match)),
                        mcnemar_b=test["b"], mcnemar_c=test["c"], mcnemar_p=test["p"])
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")
@@ -237,74 +240,13 @@ def robust_better_counts(tables: Mapping[str, pd.DataFrame], natural: str = "nat
     return pd.DataFrame.from_dict(counts, orient="index")
 
 
-def chi_square_table(inputs: Mapping[str, Mapping[str, np.ndarray]]) -> pd.DataFrame:
+def chi_square_table(inputs: Mapping[str, NCGInputs]) -> pd.DataFrame:
     """Table 1's χ² test for several (dataset, model) entries: ``{label: ncg_inputs(...)}``."""
     rows = []
     for label, a in inputs.items():
-        res = chi_square_vs_chance(a["ood_pred"] == a["ood_nn_label"], int(a["num_classes"]))
+        res = chi_square_vs_chance(a.match, a.num_classes)
         rows.append({"setting": label, **res})
     return pd.DataFrame(rows).set_index("setting")
-
-
-# ----------------------------------------------------------------------------- figures
-def plot_distance_bins(bins: Mapping[str, pd.DataFrame], ax=None, title: str = ""):
-    """Grouped bars of NCG per distance bin (one colour per method) with SEM error bars (Fig. 5)."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.5))
-    methods = list(bins)
-    width = 0.8 / max(1, len(methods))
-    first = bins[methods[0]]
-    x = np.arange(len(first))
-    for j, m in enumerate(methods):
-        b = bins[m]
-        ax.bar(x + (j - (len(methods) - 1) / 2) * width, b["ncg"], width, yerr=b["sem"], capsize=2, label=m)
-    ax.set_xticks(x, [f"{v:.2f}" for v in first["mean_distance"]])
-    ax.set_xlabel("mean 1-NN distance of the bin")
-    ax.set_ylabel("NCG")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    return ax.figure
-
-
-def plot_neighbour_pairs(ood_x, train_x, nn_index, nn_label, pred, n: int = 8, class_names=None,
-                         distances=None):
-    """OOD images (top row) above their nearest training images (bottom row), titled with the
-    neighbour's label and the model's prediction."""
-    import matplotlib.pyplot as plt
-
-    n = min(n, len(ood_x))
-    fig, axes = plt.subplots(2, n, figsize=(1.4 * n, 3.2), squeeze=False)
-    name = (lambda c: class_names[int(c)]) if class_names else (lambda c: str(int(c)))
-    for j in range(n):
-        for row, img in ((0, ood_x[j]), (1, train_x[int(nn_index[j])])):
-            img = torch.as_tensor(img).float()
-            axes[row, j].imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
-            axes[row, j].axis("off")
-        ok = "✓" if int(pred[j]) == int(nn_label[j]) else "✗"
-        axes[0, j].set_title(f"pred {name(pred[j])} {ok}", fontsize=8)
-        dist = f"\nd={distances[j]:.2f}" if distances is not None else ""
-        axes[1, j].set_title(f"NN {name(nn_label[j])}{dist}", fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_distance_vs_ncg(table: pd.DataFrame, x: str = "mean_nn_distance", y: str = "ncg",
-                         label: str = "held_out", ax=None, title: str = ""):
-    """Scatter of NCG against the mean 1-NN distance, one point per held-out class, with Pearson r."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4, 3.5))
-    ax.scatter(table[x], table[y])
-    for _, row in table.iterrows():
-        ax.annotate(str(row[label]), (row[x], row[y]), fontsize=8, xytext=(3, 3), textcoords="offset points")
-    r = pearson(table[x], table[y])
-    ax.set_xlabel("mean 1-NN distance")
-    ax.set_ylabel("NCG")
-    ax.set_title(f"{title} r={r['r']:.3f} (p={r['p']:.3g})".strip())
-    return ax.figure
 
 
 # ----------------------------------------------------------------------------- notebook pipeline
@@ -366,7 +308,7 @@ def train_ncg_model(dataset: str, method: str, eps: float = 2.0, *, splits=None,
                     smoke: bool = False, device=None, store=None):
     """Train (or load from the store) the NCG model for ``dataset``/``method``: CNN002 on the images
     (``space="pixel"``), or a LargeMLP on ``splits`` = :func:`feature_splits` (``"feature"``), with
-    the paper's settings (``probelib.training.default_config``). ``smoke``: 1 epoch on 256 points."""
+    the paper's settings (``probelib.training.default_config``). ``smoke``: :data:`SMOKE_TRAINING`."""
     from probelib.training import default_config, train_or_load
 
     kwargs: dict = {"method": method}
@@ -385,7 +327,7 @@ def train_ncg_model(dataset: str, method: str, eps: float = 2.0, *, splits=None,
 
 
 def suite_inputs(dataset: str, methods: Sequence[str], eps: float = 2.0, *, space: str = "pixel",
-                 smoke: bool = False, device=None, store=None) -> dict[str, dict[str, np.ndarray]]:
+                 smoke: bool = False, device=None, store=None) -> dict[str, NCGInputs]:
     """``{method label: ncg_inputs(...)}`` for one dataset: trains or loads each model and
     computes (or loads) its predictions and neighbours. Feature space: second-stage MLPs on the
     frozen representation of the natural pixel model (spec §1.3)."""
@@ -422,21 +364,77 @@ def compare_verdict(table: pd.DataFrame, method: str, space: str, dataset: str, 
     text = f"{claim}: {yes} ({r['ncg']:.3f} vs {n['ncg']:.3f}; McNemar p={r['mcnemar_p']:.3g})"
     if not robust:
         return text
-    from probelib.report import Verdict
     return Verdict(text, claim=f"{method} > natural NCG ({space}, {dataset})", paper="YES", result=yes,
                    p=r["mcnemar_p"])
 
 
-def chance_verdict(ood_pred, nn_label, num_classes: int, what: str) -> str:
-    """Verdict (:class:`~probelib.report.Verdict`): is NCG above the 1/C chance rate (χ² goodness-of-fit,
-    p < 0.05)? The paper's direction is YES."""
-    from probelib.report import Verdict
-
+def chance_verdict(ood_pred, nn_label, num_classes: int, what: str) -> Verdict:
+    """Verdict: is NCG above the 1/C chance rate (χ² goodness-of-fit, p < 0.05)? The paper's
+    direction is YES."""
     res = chi_square_vs_chance(np.asarray(ood_pred) == np.asarray(nn_label), num_classes)
     yes = "YES" if res["ncg"] > res["chance"] and res["p"] < 0.05 else "NO"
     text = (f"NCG above chance ({what}): {yes} ({res['ncg']:.3f} vs 1/{num_classes}={res['chance']:.3f}; "
             f"χ²={res['chi2']:.1f}, p={res['p']:.3g})")
     return Verdict(text, claim=f"NCG above chance ({what})", paper="YES", result=yes, p=res["p"])
+
+
+def table_chance_verdict(row: pd.Series, what: str) -> Verdict:
+    """Verdict from one :func:`ncg_table` row: is its NCG above chance (χ² p < 0.05)? Paper: YES."""
+    above = "YES" if row["ncg"] > row["chance"] and row["chi2_p"] < 0.05 else "NO"
+    return Verdict(f"NCG above chance ({what}): {above} ({row['ncg']:.3f} vs {row['chance']:.3f}; "
+                   f"χ² p={row['chi2_p']:.3g})", claim=f"NCG above chance ({what})", paper="YES",
+                   result=above, p=row["chi2_p"])
+
+
+@dataclass(frozen=True, eq=False)
+class SpaceReport:
+    """Notebooks 01/02 for one space: ``tables`` (``{dataset: ncg_table}``), ``table`` (stacked,
+    saved as ``<space>_ncg``), ``counts`` (:func:`robust_better_counts`, ``<space>_robust_better_counts``)
+    and ``verdicts`` (per dataset: each method against natural, then natural's NCG against chance)."""
+
+    space: str
+    tables: dict[str, pd.DataFrame]
+    table: pd.DataFrame
+    counts: pd.DataFrame
+    verdicts: list[str]
+
+
+def space_report(datasets: Sequence[str], space: str, methods: Sequence[str], eps: float = 2.0, *,
+                 smoke: bool = False, device=None, store=None) -> SpaceReport:
+    """Tables 1–2 in ``space`` (``"pixel"``: CNN002 on the images; ``"feature"``: LargeMLPs on the
+    natural model's frozen features) for each dataset, with their verdicts (:class:`SpaceReport`)."""
+    tables = {name: ncg_table(suite_inputs(name, methods, eps, space=space, smoke=smoke, device=device, store=store))
+              for name in datasets}
+    verdicts: list[str] = []
+    for name, table in tables.items():
+        verdicts += [compare_verdict(table, m, space, name) for m in table.index.drop("natural", errors="ignore")]
+        verdicts.append(table_chance_verdict(table.loc["natural"], f"{space}, natural, {name}"))
+    return SpaceReport(space, tables, stack_tables(tables), robust_better_counts(tables), verdicts)
+
+
+def distance_bin_table(inputs: Mapping[tuple[str, str, str], NCGInputs], n_bins: int = 5
+                       ) -> tuple[dict[tuple[str, str, str], pd.DataFrame], pd.DataFrame]:
+    """Fig. 5's bins (:func:`distance_bins`) for ``{(dataset, space, method): NCGInputs}``: the bins
+    per key and one table indexed by (dataset, space, method, bin)."""
+    bins = {key: distance_bins(a.ood_nn_distance, a.match, n_bins=n_bins) for key, a in inputs.items()}
+    table = pd.concat([b.assign(dataset=d, space=s, method=m) for (d, s, m), b in bins.items()])
+    return bins, table.set_index(["dataset", "space", "method", "bin"])
+
+
+def distance_bin_verdicts(bins: Mapping[tuple[str, str, str], pd.DataFrame], natural: str = "natural"
+                          ) -> list[Verdict]:
+    """Per (dataset, space, method) other than ``natural``: does its NCG beat natural's in most
+    distance bins? The paper's direction is YES."""
+    out = []
+    for (name, space, method), b in bins.items():
+        if method == natural:
+            continue
+        wins = int((b["ncg"].values > bins[name, space, natural]["ncg"].values).sum())
+        most = "YES" if wins > len(b) / 2 else "NO"
+        out.append(Verdict(f"robust > natural NCG in most distance bins ({space}, {method}, {name}): {most} "
+                           f"({wins}/{len(b)} bins)", claim=f"{method} > natural NCG in most distance bins "
+                           f"({space}, {name})", paper="YES", result=most))
+    return out
 
 
 def stack_tables(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:

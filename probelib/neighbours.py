@@ -14,7 +14,9 @@ everything the answer depends on.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,10 +24,11 @@ import torch
 from tqdm.auto import tqdm
 
 from probelib._util import check_choice, check_images_or_features, check_labels, check_name, default_device
+from probelib.models import extract_features
 from probelib.store import Store, default_store, fingerprint
 
 __all__ = ["METRICS", "IMAGENET_MEAN", "IMAGENET_STD", "knn", "brute_force_knn", "Neighbours",
-           "nearest_neighbours", "features_of"]
+           "nearest_neighbours"]
 
 METRICS = ("l2", "l1", "linf")
 BACKENDS = ("auto", "torch", "faiss")
@@ -279,12 +282,17 @@ def _faiss_candidates(ref: torch.Tensor, qry: torch.Tensor, kc: int, metric: str
     return best_v, best_i, bound
 
 
-# ----------------------------------------------------------------------------- public knn
+# ----------------------------------------------------------------------------- the algorithm
 def knn(reference, queries, k: int = 1, metric: str = "l2", *, extra_candidates: int = 8,
         backend: str = "auto", device: str | torch.device | None = "cpu",
         query_batch: int = 4096, reference_batch: int = 16384,
         progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours of each query among ``reference``.
+
+    Three steps (module docstring): (1) a float32 pass proposes ``k + extra_candidates``
+    candidates per query with a bound on its rounding error; (2) the candidates that can be
+    among the k nearest are re-ranked in float64; (3) a query whose k-th re-ranked distance is
+    not certified below every non-candidate's is answered by a float64 brute force.
 
     Args:
         reference: tensor or array, one point per row of its first axis (any trailing shape).
@@ -302,6 +310,41 @@ def knn(reference, queries, k: int = 1, metric: str = "l2", *, extra_candidates:
         ``(distances, indices)``: float64 and int64 numpy arrays of shape (n_queries, k), nearest
         first, true (not squared) distances, equal to a float64 brute force (ties -> lower index).
     """
+    ref, qry = _knn_inputs(reference, queries, k, metric, backend, extra_candidates, query_batch, reference_batch)
+    if len(qry) == 0:
+        return np.empty((0, k)), np.empty((0, k), dtype=np.int64)
+    kc = min(len(ref), k + extra_candidates)
+    # (1) float32 candidates: approximate (squared for L2) distances, indices, error bound per query
+    if metric == "l2" and backend in ("auto", "torch"):
+        with _ieee_fp32_matmul():
+            approx, cand, bound = _torch_l2_candidates(ref, qry, kc, default_device(device), query_batch,
+                                                       reference_batch, progress)
+        approx, cand, bound = approx.cpu(), cand.cpu(), bound.cpu()
+    else:
+        approx, cand, bound = _faiss_candidates(ref, qry, kc, metric, query_batch, reference_batch, progress)
+    ref, qry = ref.cpu(), qry.cpu()
+    # (2) float64 re-rank
+    out_d, out_i = _rerank(ref, qry, approx, cand, bound, k, metric)
+    # (3) certify: every non-candidate has true distance >= approx_last - bound; it must exceed the k-th
+    if kc == len(ref):
+        unsure = torch.zeros(len(qry), dtype=torch.bool)
+    else:
+        unsure = ~((approx[:, -1] - bound) > out_d[:, -1])
+    if bool(unsure.any()):
+        rows = torch.nonzero(unsure).flatten()
+        d_fb, i_fb = _brute_raw(ref, qry[rows], k, metric)
+        out_d[rows], out_i[rows] = torch.from_numpy(d_fb), torch.from_numpy(i_fb)
+    knn.last_fallbacks = int(unsure.sum())  # diagnostics for tests and the bench
+    dist = out_d.sqrt() if metric == "l2" else out_d
+    return dist.numpy(), out_i.numpy()
+
+
+knn.last_fallbacks = 0
+
+
+def _knn_inputs(reference, queries, k, metric, backend, extra_candidates, query_batch, reference_batch
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`knn`'s arguments checked; the two point sets as 2-D tensors."""
     check_choice("metric", metric, METRICS)
     check_choice("backend", backend, BACKENDS)
     ref, qry = _as_rows(reference, "reference"), _as_rows(queries, "queries")
@@ -318,25 +361,17 @@ def knn(reference, queries, k: int = 1, metric: str = "l2", *, extra_candidates:
     if backend == "torch" and metric != "l2":
         raise ValueError(f"backend='torch' supports metric='l2' only; use backend='faiss' or 'auto' "
                          f"for metric={metric!r}")
-    use_torch = metric == "l2" and backend in ("auto", "torch")
-    if not use_torch:  # the torch pass checks its (centred) norms instead of a separate pass
+    if not (metric == "l2" and backend in ("auto", "torch")):  # the torch pass checks its (centred) norms instead
         _check_finite(ref, "reference")
         _check_finite(qry, "queries")
-    if len(qry) == 0:
-        return np.empty((0, k)), np.empty((0, k), dtype=np.int64)
-    kc = min(len(ref), k + extra_candidates)
-    if use_torch:
-        dev = default_device(device)
-        with _ieee_fp32_matmul():
-            approx, cand, bound = _torch_l2_candidates(ref, qry, kc, dev, query_batch, reference_batch, progress)
-        approx, cand, bound = approx.cpu(), cand.cpu(), bound.cpu()
-    else:
-        approx, cand, bound = _faiss_candidates(ref, qry, kc, metric, query_batch, reference_batch, progress)
+    return ref, qry
 
-    # float64 re-rank: only candidates that can be among the k nearest (approximate d² within
-    # 2·bound of the k-th approximate one) need their exact distance; the others cannot beat the
-    # first k candidates and stay at +inf
-    ref_cpu, qry_cpu = ref.cpu(), qry.cpu()
+
+def _rerank(ref: torch.Tensor, qry: torch.Tensor, approx: torch.Tensor, cand: torch.Tensor, bound: torch.Tensor,
+            k: int, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest candidates by float64 distance, ties -> lower index. Only candidates that can be
+    among the k nearest (approximate distance within 2·bound of the k-th approximate one) need their
+    exact distance; the others cannot beat the first k candidates and stay at +inf."""
     needed = approx <= (approx[:, k - 1] + 2 * bound)[:, None]
     needed[:, :k] = True
     rows, cols = torch.nonzero(needed, as_tuple=True)
@@ -344,36 +379,19 @@ def knn(reference, queries, k: int = 1, metric: str = "l2", *, extra_candidates:
     step = max(1, int(2 ** 19 // max(1, ref.shape[1])))  # cache-sized float64 blocks (~10x faster than 2**24)
     for b in range(0, len(rows), step):
         r, c = rows[b:b + step], cols[b:b + step]
-        exact[r, c] = _exact_dist(qry_cpu[r], ref_cpu[cand[r, c]][:, None, :], metric)[:, 0]
-    out_d, out_i = _rank_rows(exact, cand, k)
-
-    # certify: every non-candidate has true distance >= approx_last - bound; it must exceed the k-th
-    if kc == len(ref):
-        unsure = torch.zeros(len(qry), dtype=torch.bool)
-    else:
-        unsure = ~((approx[:, -1] - bound) > out_d[:, -1])
-    if bool(unsure.any()):
-        rows = torch.nonzero(unsure).flatten()
-        d_fb, i_fb = _brute_raw(ref_cpu, qry_cpu[rows], k, metric)
-        out_d[rows] = torch.from_numpy(d_fb)
-        out_i[rows] = torch.from_numpy(i_fb)
-    knn.last_fallbacks = int(unsure.sum())  # diagnostics for tests and the bench
-    dist = out_d.sqrt() if metric == "l2" else out_d
-    return dist.numpy(), out_i.numpy()
+        exact[r, c] = _exact_dist(qry[r], ref[cand[r, c]][:, None, :], metric)[:, 0]
+    return _rank_rows(exact, cand, k)
 
 
-knn.last_fallbacks = 0
-
-
-class _ieee_fp32_matmul:
+@contextlib.contextmanager
+def _ieee_fp32_matmul() -> Iterator[None]:
     """Keep CUDA float32 matmuls in full precision (no TF32) so the error bound holds."""
-
-    def __enter__(self):
-        self.saved = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
-
-    def __exit__(self, *exc):
-        torch.backends.cuda.matmul.allow_tf32 = self.saved
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 # ----------------------------------------------------------------------------- labelled, cached
@@ -434,28 +452,6 @@ def _apply_normalise(x: torch.Tensor, ms) -> torch.Tensor:
     return (x - m) / s
 
 
-@torch.no_grad()
-def features_of(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512,
-                device: str | torch.device | None = None, progress: bool = True) -> torch.Tensor:
-    """The model's representation (``model.features``) of ``x``, in eval mode, as float32 CPU (N, D)."""
-    try:
-        from probelib.models import extract_features  # the models module's own helper when present
-    except ImportError:
-        extract_features = None
-    if extract_features is not None:
-        return torch.as_tensor(extract_features(model, x, batch_size=batch_size, device=device)).float().cpu()
-    if not hasattr(model, "features"):
-        raise ValueError(f"{type(model).__name__} has no features(x) method; feature-space "
-                         "neighbours need a model exposing its representation")
-    dev = default_device(device)
-    was_training = model.training
-    model.eval().to(dev)
-    out = [model.features(x[a:a + batch_size].to(dev)).flatten(1).float().cpu()
-           for a in tqdm(range(0, len(x), batch_size), desc="features", leave=False, disable=not progress)]
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
-
-
 def nearest_neighbours(reference_x, reference_y, queries, *, k: int = 1, metric: str = "l2",
                        space: str = "pixel", model: torch.nn.Module | None = None,
                        normalise=None, store: Store | None | bool = None, name: str = "neighbours",
@@ -502,7 +498,8 @@ def nearest_neighbours(reference_x, reference_y, queries, *, k: int = 1, metric:
 
     def compute() -> dict[str, np.ndarray]:
         if space == "feature":
-            ref, qry = (features_of(model, t, device=device, progress=progress) for t in (reference_x, queries))
+            ref, qry = (extract_features(model, t, device=device, desc="features" if progress else None)
+                        for t in (reference_x, queries))
         else:
             ref, qry = _apply_normalise(reference_x, ms), _apply_normalise(queries, ms)
         dist, idx = knn(ref, qry, k=k, metric=metric, device="cpu", progress=progress)

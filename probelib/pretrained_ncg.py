@@ -22,17 +22,27 @@ back through ``load_pretrained``, so the whole path runs offline.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-__all__ = ["export_embedded", "load_models", "pretrained_ncg_inputs", "reload_check", "EMBEDDED_FORMATS"]
+from probelib._util import check_choice
+from probelib.data import as_tensors
+from probelib.metrics import predict
+from probelib.models import load_pretrained
+from probelib.models.pretrained import save_external, zoo_path
+from probelib.ncg import (IMAGENET_LIKE, NCGInputs, _store, feature_splits, load_splits, method_label, ncg_inputs,
+                          train_ncg_model)
+from probelib.neighbours import nearest_neighbours
+
+__all__ = ["export_embedded", "load_models", "pretrained_ncg_inputs", "reload_check", "pretrained_verdicts",
+           "corrupted_verdicts", "EMBEDDED_FORMATS"]
 
 #: How :func:`export_embedded` writes each method's model, and how it is loaded back.
 EMBEDDED_FORMATS = {
@@ -48,11 +58,7 @@ def export_embedded(dataset: str, folder: str | os.PathLike, methods: Sequence[s
     """Train (or load from the store) probelib's NCG models for ``dataset`` and write each in an
     external format (:data:`EMBEDDED_FORMATS`) under ``folder``. Returns the specs that load them
     back (for :func:`load_models`) and the trained models (label → model, to check the reload)."""
-    from probelib.models.pretrained import save_external, zoo_path
-    from probelib.ncg import load_splits, method_label, train_ncg_model
-
     folder = Path(folder)
-    splits = load_splits(dataset)
     specs, trained = [], {}
     for m in methods:
         if m not in EMBEDDED_FORMATS:
@@ -80,7 +86,6 @@ def export_embedded(dataset: str, folder: str | os.PathLike, methods: Sequence[s
 
 def load_models(specs: Sequence[Mapping[str, Any]], device=None) -> dict[str, nn.Module]:
     """label → model for each spec (``load_pretrained`` arguments plus ``label``; ``format`` is a note)."""
-    from probelib.models import load_pretrained
 
     if not specs:
         raise ValueError("no models: pass a list of specs such as {'label': 'Standard', 'source': 'robustbench', "
@@ -104,7 +109,6 @@ def reload_check(trained: Mapping[str, nn.Module], loaded: Mapping[str, nn.Modul
                  atol: float = 1e-5) -> pd.DataFrame:
     """Per label: the largest |logit difference| between the trained model and its reloaded
     checkpoint on ``x``, and whether it is within ``atol``."""
-    from probelib.metrics import predict
 
     rows = []
     for label, model in trained.items():
@@ -129,17 +133,13 @@ def _check_classes(models: Mapping[str, nn.Module], splits) -> None:
 
 def pretrained_ncg_inputs(models: Mapping[str, nn.Module], dataset: str, space: str = "pixel",
                           reference: str | None = None, *, store=None, device=None
-                          ) -> dict[str, dict[str, np.ndarray]]:
-    """``{label: ncg_inputs}`` for loaded models on the unseen class of ``dataset`` (a …wo<K> name).
+                          ) -> dict[str, NCGInputs]:
+    """``{label: ncg_inputs(...)}`` for loaded models on the unseen class of ``dataset`` (a …wo<K> name).
 
     ``space="pixel"``: neighbours of the raw images (ImageNet-normalised for ImageNet-like sets,
     spec §1.2). ``space="feature"``: neighbours in ``models[reference].features`` (default: the
     first model), every model's own predictions compared with those neighbours' labels.
     """
-    from probelib._util import check_choice
-    from probelib.data import as_tensors
-    from probelib.ncg import IMAGENET_LIKE, _store, feature_splits, load_splits, ncg_inputs
-    from probelib.neighbours import nearest_neighbours
 
     check_choice("space", space, ("pixel", "feature"))
     if not models:
@@ -163,7 +163,34 @@ def pretrained_ncg_inputs(models: Mapping[str, nn.Module], dataset: str, space: 
     ood_nn = nearest_neighbours(ftr, fy, foo, store=st_arg, name=f"{dataset}-ood-features-{reference}", progress=False)
     test_nn = nearest_neighbours(ftr, fy, fte, store=st_arg, name=f"{dataset}-test-features-{reference}",
                                  progress=False)
-    for inputs in out.values():
-        inputs.update(ood_nn_label=ood_nn.label, ood_nn_distance=ood_nn.distance, ood_nn_index=ood_nn.index,
-                      test_nn_label=test_nn.label, test_nn_distance=test_nn.distance)
+    return {label: dataclasses.replace(a, ood_nn_label=ood_nn.label, ood_nn_distance=ood_nn.distance,
+                                       ood_nn_index=ood_nn.index, test_nn_label=test_nn.label,
+                                       test_nn_distance=test_nn.distance) for label, a in out.items()}
+
+
+def pretrained_verdicts(tables: Mapping[str, pd.DataFrame], reference: str, dataset: str) -> list[str]:
+    """Notebook 06's lines for ``{space: ncg_table}``: per model, is its NCG above chance (χ² p < 0.05),
+    and (for the others) does it beat ``reference``'s NCG (with McNemar's p on the same points)?"""
+    out = []
+    for space, table in tables.items():
+        ref_ncg = table.loc[reference, "ncg"]
+        for label, row in table.iterrows():
+            ok = row["ncg"] > row["chance"] and row["chi2_p"] < 0.05
+            out.append(f"NCG above chance (pretrained, {space}, {label}, {dataset}): {'YES' if ok else 'NO'} "
+                       f"({row['ncg']:.3f} [{row['ncg_lo']:.3f}, {row['ncg_hi']:.3f}] vs {row['chance']:.3f}; "
+                       f"χ² p={row['chi2_p']:.3g})")
+            if label != reference:
+                out.append(f"{label} > {reference} NCG (pretrained, {space}, {dataset}): "
+                           f"{'YES' if row['ncg'] > ref_ncg else 'NO'} ({row['ncg']:.3f} vs {ref_ncg:.3f}; "
+                           f"McNemar p={row['mcnemar_p']:.3g})")
     return out
+
+
+def corrupted_verdicts(table: pd.DataFrame, labels: Sequence[str], reference: str, tag: str) -> list[str]:
+    """Notebook 06's corrupted-data lines: per model of ``labels`` other than ``reference``, is its NCG,
+    averaged over the settings of ``table`` (:func:`probelib.corruptions.corrupted_ncg_table`), above
+    the reference's?"""
+    by_model = table.groupby("method", sort=False)["ncg"].mean()
+    return [f"{label} > {reference} corrupted-data NCG (pretrained, {tag}): "
+            f"{'YES' if by_model[label] > by_model[reference] else 'NO'} (mean over settings "
+            f"{by_model[label]:.3f} vs {by_model[reference]:.3f})" for label in labels if label != reference]

@@ -14,9 +14,15 @@ from torch import nn
 from probelib._util import UnknownNameError
 from probelib.attacks import (AttackResult, ClosestAdversarial, best_of_l2, closest_adversarial,
                               closest_adversarial_cached,
-                              cw_l2, ddn_l2, fmn_l2, pgd, predict, radius_far_below, radius_vs_ood_distance,
+                              cw_l2, ddn_l2, fmn_l2, pgd, radius_far_below, radius_vs_ood_distance,
                               robustness_summary)
 from probelib.data import load_dataset
+from probelib.metrics import predict_labels
+
+
+def predict(model, x):
+    """Arg-max labels as a CPU tensor (metrics.predict_labels, uncached)."""
+    return torch.from_numpy(predict_labels(model, x, store=False))
 
 
 # ---------------------------------------------------------------------------------------------

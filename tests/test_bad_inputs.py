@@ -27,7 +27,7 @@ from probelib.corruptions import CorruptedSetError
 from probelib.data import DatasetNotFoundError, load_dataset
 from probelib.models import (CheckpointError, CheckpointMismatchError, UnsafeCheckpointError, build_model,
                              load_checkpoint, save_checkpoint)
-from probelib.ncg import predict_labels
+from probelib.metrics import predict_labels
 from probelib.neighbours import knn
 from probelib.store import Store, file_sha256
 from probelib.parameters import load_parameter_file

@@ -20,11 +20,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from probelib import adabn as A
-from probelib import attacks, metrics
+from probelib import metrics
 from probelib._util import default_device
 from probelib.data import load_dataset
 from probelib.models import build_model
-from probelib.ncg import ncg, ncg_report, predict_labels
+from probelib.metrics import predict_labels
+from probelib.ncg import ncg, ncg_report
 from probelib.neighbours import nearest_neighbours
 from probelib.store import Store
 
@@ -85,18 +86,15 @@ def test_predict_refuses_out_of_range_images(bad):
     with pytest.raises(ValueError, match=IMAGE_RANGE):
         metrics.predict(model, x)
     with pytest.raises(ValueError, match=IMAGE_RANGE):
-        attacks.predict(model, x)
-    with pytest.raises(ValueError, match=IMAGE_RANGE):
         predict_labels(model, x, store=False)
 
 
-def test_attacks_predict_refuses_uint8_and_metrics_predict_converts_it():
+def test_metrics_predict_and_predict_labels_convert_uint8():
     x = _images()
     u8 = (x * 255).round().to(torch.uint8)
-    with pytest.raises(ValueError, match=r"x must be float in \[0, 1\], got dtype torch.uint8"):
-        attacks.predict(_mlp(), u8)
     # metrics.predict documents uint8 (divided by 255): the same logits as the float images
     assert torch.allclose(metrics.predict(_mlp(), u8), metrics.predict(_mlp(), u8.float() / 255))
+    assert (predict_labels(_mlp(), u8, store=False) == predict_labels(_mlp(), u8.float() / 255, store=False)).all()
 
 
 def test_predict_labels_writes_nothing_for_0_255_images(tmp_path):
@@ -307,14 +305,13 @@ def test_default_device_names_the_fix(device, match):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-@pytest.mark.parametrize("entry", ["metrics.predict", "attacks.predict", "adapt_bn", "arm_logits",
+@pytest.mark.parametrize("entry", ["metrics.predict", "adapt_bn", "arm_logits",
                                    "predict_labels", "nearest_neighbours"])
 def test_cuda_without_cuda_gives_probelibs_message_everywhere(entry, tmp_path):
     x = _images()
     store = Store(tmp_path / "store")
     nearest_neighbours(x, torch.arange(12) % 3, x[:2], store=store, name="nn", progress=False)  # cached now
     call = {"metrics.predict": lambda: metrics.predict(_bn_model(), x, device="cuda"),
-            "attacks.predict": lambda: attacks.predict(_bn_model(), x, device="cuda"),
             "adapt_bn": lambda: A.adapt_bn(_bn_model(), x, A.AdaBNSettings(device="cuda")),
             "arm_logits": lambda: A.arm_logits(_bn_model(), x, "adabn", adabn=A.AdaBNSettings(device="cuda")),
             "predict_labels": lambda: predict_labels(_bn_model(), x, store=False, device="cuda"),

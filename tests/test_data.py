@@ -297,3 +297,44 @@ def test_cli_lists_embedded_sets(capsys):
     assert main(["datasets"]) == 0
     out = capsys.readouterr().out
     assert "mnist5k" in out and "digits" in out and "embedded" in out
+
+
+# ------------------------------------------------------------------ the one sampler
+@pytest.mark.parametrize("n_images, seed", [(1, 0), (37, 0), (100, 3), (499, 7), (None, 0), (10_000, 1)])
+def test_subsample_reproduces_training_subsample_and_adabn_stratified_subset(n_images, seed):
+    """data.subsample selects exactly what training.subsample (Datasets) and adabn.stratified_subset
+    ((x, y) pairs) selected for the same seed, so switching their callers changes no number."""
+    from torch.utils.data import Subset
+
+    from probelib.adabn import stratified_subset
+    from probelib.data import subsample
+    from probelib.data.core import RelabelledSubset
+    from probelib.training import subsample as training_subsample
+
+    splits = load_dataset("digitswo9")
+    old, new = training_subsample(splits.train, n_images, seed), subsample(splits.train, n_images, seed=seed)
+    assert type(new) is type(old) and torch.equal(new.x, old.x) and torch.equal(new.y, old.y)
+    x, y = splits.test.x, splits.test.y
+    for a, b in zip(stratified_subset(x, y, n_images, seed), subsample((x, y), n_images, seed=seed)):
+        assert torch.equal(a, b)
+    lazy = RelabelledSubset(splits.train, list(range(0, len(splits.train), 2)), {c: c for c in range(9)})
+    old, new = training_subsample(lazy, n_images, seed), subsample(lazy, n_images, seed=seed)
+    if isinstance(old, Subset):
+        assert old.indices == new.indices
+    else:
+        assert old is lazy and new is lazy
+
+
+def test_subsample_is_stratified_and_refuses_bad_counts():
+    from probelib.data import subsample
+
+    y = torch.arange(100) % 4
+    x = torch.rand(100, 1, 2, 2)
+    xs, ys = subsample((x, y), 20, seed=0)
+    assert len(ys) == 20 and torch.bincount(ys).tolist() == [5, 5, 5, 5]
+    assert subsample((x, y), None)[0] is x
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="n_images must be a positive integer"):
+            subsample((x, y), bad)
+    with pytest.raises(ValueError, match="differ in length"):
+        subsample((x, y[:5]), 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -105,11 +106,11 @@ def test_pearson_and_report():
 
 def _inputs(ood_pred, nn_label, test_pred, seed=0):
     n = len(ood_pred)
-    return {"train_pred": np.array([0, 1, 1, 2]), "train_y": np.array([0, 1, 2, 2]),
-            "test_pred": np.asarray(test_pred), "test_y": np.array([0, 1, 2]),
-            "ood_pred": np.asarray(ood_pred), "ood_nn_label": np.asarray(nn_label),
-            "ood_nn_distance": np.arange(n, dtype=float), "ood_nn_index": np.arange(n),
-            "test_nn_label": np.array([0, 1, 2]), "test_nn_distance": np.ones(3), "num_classes": np.int64(3)}
+    return N.NCGInputs(train_pred=np.array([0, 1, 1, 2]), train_y=np.array([0, 1, 2, 2]),
+                       test_pred=np.asarray(test_pred), test_y=np.array([0, 1, 2]),
+                       ood_pred=np.asarray(ood_pred), ood_nn_label=np.asarray(nn_label),
+                       ood_nn_distance=np.arange(n, dtype=float), ood_nn_index=np.arange(n),
+                       test_nn_label=np.array([0, 1, 2]), test_nn_distance=np.ones(3), num_classes=3)
 
 
 def test_ncg_table_and_counts():
@@ -157,14 +158,14 @@ def test_ncg_inputs_pixel_and_feature_on_digits(tmp_path):
     store = Store(tmp_path)
     a = N.ncg_inputs(model, splits, store=store)
     _, bi = brute_force_knn(splits.train.x, splits.ood.x)
-    np.testing.assert_array_equal(a["ood_nn_label"], splits.train.y.numpy()[bi[:, 0]])
+    np.testing.assert_array_equal(a.ood_nn_label, splits.train.y.numpy()[bi[:, 0]])
     with torch.no_grad():  # batched predict vs one forward: at most one tie may break differently
-        assert (a["ood_pred"] != model(splits.ood.x).argmax(1).numpy()).sum() <= 1
-    assert len(a["ood_pred"]) == len(splits.ood) and int(a["num_classes"]) == 9
+        assert (a.ood_pred != model(splits.ood.x).argmax(1).numpy()).sum() <= 1
+    assert len(a.ood_pred) == len(splits.ood) and a.num_classes == 9
     n_files = len(list(tmp_path.rglob("*.npz")))
     b = N.ncg_inputs(model, splits, store=store)  # all from the cache
     assert len(list(tmp_path.rglob("*.npz"))) == n_files
-    np.testing.assert_array_equal(a["test_nn_label"], b["test_nn_label"])
+    np.testing.assert_array_equal(a.test_nn_label, b.test_nn_label)
 
     fs = N.feature_splits(splits, model, store=store)
     assert fs.train.x.shape == (len(splits.train), 16)
@@ -172,7 +173,7 @@ def test_ncg_inputs_pixel_and_feature_on_digits(tmp_path):
     f = N.ncg_inputs(mlp, fs, store=store)
     with torch.no_grad():
         _, fi = brute_force_knn(model.features(splits.train.x), model.features(splits.ood.x))
-    np.testing.assert_array_equal(f["ood_nn_index"], fi[:, 0])
+    np.testing.assert_array_equal(f.ood_nn_index, fi[:, 0])
     table = N.ncg_table({"natural": a})
     assert 0 <= table.loc["natural", "ncg"] <= 1
 
@@ -193,3 +194,25 @@ def test_verdicts_and_dataset_names():
     assert N.compare_verdict(table, "mixup", "feature", "d").startswith("mixup > natural NCG (feature, mixup, d): NO")
     assert ": YES" in N.chance_verdict(np.zeros(90), np.zeros(90), 9, "x")
     assert ": NO" in N.chance_verdict(np.zeros(90), np.r_[np.zeros(10), np.ones(80)], 9, "x")
+
+
+def test_decisions_of_the_verdict_functions():
+    """The YES/NO decisions the NCG notebooks print, checked on the Verdict's fields."""
+    row = pd.Series({"ncg": 0.5, "chance": 0.1, "chi2_p": 0.01})
+    v = N.table_chance_verdict(row, "pixel, natural, d")
+    assert (v.result, v.paper, v.claim, v.p) == ("YES", "YES", "NCG above chance (pixel, natural, d)", 0.01)
+    assert str(v) == "NCG above chance (pixel, natural, d): YES (0.500 vs 0.100; χ² p=0.01)"
+    assert N.table_chance_verdict(row.replace(0.01, 0.2), "x").result == "NO"  # not significant
+    assert N.chance_verdict(np.zeros(90), np.zeros(90), 9, "x").result == "YES"
+
+    nat = _inputs([0] * 6, [0, 1, 2, 0, 1, 2], [0, 1, 2])
+    rob = _inputs([0, 1, 2, 0, 1, 0], [0, 1, 2, 0, 1, 2], [0, 1, 2])
+    inputs = {("d", "pixel", "natural"): nat, ("d", "pixel", "TRADES(2)"): rob}
+    bins, table = N.distance_bin_table(inputs, n_bins=3)
+    assert list(table.index.names) == ["dataset", "space", "method", "bin"] and len(table) == 6
+    (v,) = N.distance_bin_verdicts(bins)
+    assert v.result == "YES" and v.claim == "TRADES(2) > natural NCG in most distance bins (pixel, d)"
+    (v,) = N.distance_bin_verdicts({("d", "pixel", "natural"): bins["d", "pixel", "TRADES(2)"],
+                                    ("d", "pixel", "AT(2)"): bins["d", "pixel", "natural"]})
+    assert v.result == "NO"
+    assert nat.ncg == pytest.approx(2 / 6) and nat.match.sum() == 2

@@ -16,8 +16,8 @@ import torchvision
 from torch import nn
 
 from probelib.models import CheckpointError, CheckpointMismatchError, UnsafeCheckpointError, build_model
-from probelib.models.pretrained import (ZOO, ZooEntry, guess_torchvision_arch, load_pretrained, read_state_dict,
-                                        save_external, zoo_names, zoo_path)
+from probelib.models.pretrained import guess_torchvision_arch, load_pretrained, read_state_dict, save_external, zoo_path
+from probelib.models.zoo import ZOO, ZooEntry, zoo_names
 
 ATOL = 1e-5
 
@@ -272,12 +272,28 @@ def test_pretrained_ncg_pipeline_on_digits(tmp_path, one_thread):
     (trx, try_), (oox, _) = as_tensors(splits.train), as_tensors(splits.ood)
     with torch.no_grad():
         _, idx = brute_force_knn(loaded["b"].features(trx), loaded["b"].features(oox))
-    assert (feat["a"]["ood_nn_label"] == try_.numpy()[idx[:, 0]]).mean() > 0.99  # b's features, for a too
-    assert (feat["a"]["ood_nn_label"] == feat["b"]["ood_nn_label"]).all()
-    assert (feat["a"]["ood_pred"] == pix["a"]["ood_pred"]).all()  # each model's own prediction
+    assert (feat["a"].ood_nn_label == try_.numpy()[idx[:, 0]]).mean() > 0.99  # b's features, for a too
+    assert (feat["a"].ood_nn_label == feat["b"].ood_nn_label).all()
+    assert (feat["a"].ood_pred == pix["a"].ood_pred).all()  # each model's own prediction
     table = ncg.ncg_table(feat, natural="b")
     assert set(table.index) == {"a", "b"} and 0 <= table.loc["a", "mcnemar_p"] <= 1
     with pytest.raises(ValueError, match="9 seen classes"):
         pretrained_ncg_inputs({"c": build_model("LargeMLP", 10, in_features=64)}, "digitswo9", store=False)
     with pytest.raises(ValueError, match="labelled 'a'"):
         load_models([specs[0], specs[0]])
+
+
+def test_pretrained_verdict_decisions():
+    import pandas as pd
+
+    from probelib.pretrained_ncg import corrupted_verdicts, pretrained_verdicts
+
+    table = pd.DataFrame({"ncg": [0.5, 0.6], "ncg_lo": [0.4, 0.5], "ncg_hi": [0.6, 0.7], "chance": [0.1, 0.1],
+                          "chi2_p": [0.01, 0.2], "mcnemar_p": [float("nan"), 0.03]}, index=["a", "b"])
+    lines = pretrained_verdicts({"pixel": table}, "a", "d")
+    assert lines == ["NCG above chance (pretrained, pixel, a, d): YES (0.500 [0.400, 0.600] vs 0.100; χ² p=0.01)",
+                     "NCG above chance (pretrained, pixel, b, d): NO (0.600 [0.500, 0.700] vs 0.100; χ² p=0.2)",
+                     "b > a NCG (pretrained, pixel, d): YES (0.600 vs 0.500; McNemar p=0.03)"]
+    corrupted = pd.DataFrame({"method": ["a", "b", "a", "b"], "ncg": [0.5, 0.4, 0.5, 0.5]})
+    assert corrupted_verdicts(corrupted, ["a", "b"], "a", "t") == [
+        "b > a corrupted-data NCG (pretrained, t): NO (mean over settings 0.450 vs 0.500)"]

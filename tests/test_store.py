@@ -50,7 +50,7 @@ def test_fingerprint_tracks_content_not_identity():
 def test_fingerprint_of_a_model_covers_normalisation_outside_its_state_dict():
     # mean/std kept as non-persistent buffers (ResNet50Norm01, the zoo's preprocessing) are not in the
     # state dict: two models with the same weights but other preprocessing must not share cached results
-    from probelib.models.pretrained import ImageNetResNet
+    from probelib.models.resnet import ImageNetResNet
 
     a, b = ImageNetResNet("resnet18", 10), ImageNetResNet("resnet18", 10)
     b.load_state_dict(a.state_dict())

@@ -154,7 +154,7 @@ def _arm_logits(work: nn.Module, x: torch.Tensor, arm: str, s: AdaBNSettings,
     augment = ("auto" if s.augment is None else s.augment) if arm == "adabn+aug" else None
     s = s.replace(device=device, batch_size=s.stats_batch(x), augment=augment)
     if arm == "source":
-        return predict(work, x, eval_batch_size, device, desc=None)
+        return predict(work, x, batch_size=eval_batch_size, device=device, desc=None)
     if arm == "adabn" and s.momentum is None and s.layerwise and _single_batch(x, s.batch_size):
         chosen = [m for (_, m), keep in zip(bn_layers(work), resolve_layers(work, s.layers)) if keep]
         with preserved_bn_statistics(work), torch.no_grad():
@@ -162,7 +162,7 @@ def _arm_logits(work: nn.Module, x: torch.Tensor, arm: str, s: AdaBNSettings,
             out = _exact_one_pass(work, x, chosen, s.batch_size, device)
         return check_finite_outputs(out.float().cpu(), work)
     with adapted(work, x, s) as m:
-        return predict(m, x, eval_batch_size, device, desc=None)
+        return predict(m, x, batch_size=eval_batch_size, device=device, desc=None)
 
 
 def _as_pair(data) -> tuple[torch.Tensor, torch.Tensor]:

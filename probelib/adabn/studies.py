@@ -209,7 +209,7 @@ def label_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ks: Seque
         stands_for = {m: None for m in chosen}
     work, adabn = _working_copy(model, adabn)
     device = adabn.device
-    source_logits = predict(work, x, adabn.eval_batch(device), device, desc=None)
+    source_logits = predict(work, x, batch_size=adabn.eval_batch(device), device=device, desc=None)
     rows = []
     from tqdm.auto import tqdm
     for e in exclude:

@@ -160,7 +160,7 @@ def corrupted_ncg_table(models: dict, train_x: torch.Tensor, train_y: torch.Tens
     import pandas as pd
 
     from probelib.data import apply_label_map, as_tensors
-    from probelib.ncg import predict_labels
+    from probelib.metrics import predict_labels
     from probelib.neighbours import nearest_neighbours
 
     names = list(corruptions) if corruptions is not None else available_corruptions(corrupted, root)

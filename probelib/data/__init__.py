@@ -18,11 +18,13 @@ import torch
 
 from probelib._util import unknown_name
 from probelib.data import embedded, files
-from probelib.data.core import DatasetNotFoundError, RelabelledSubset, Splits, TensorSet, as_tensors
+from probelib.data.core import (DatasetNotFoundError, RelabelledSubset, Splits, TensorSet, as_tensors, labels_of,
+                                subsample)
 from probelib.data.fingerprint import DataChangedError, data_fingerprint
 
 __all__ = ["load_dataset", "dataset_names", "data_root", "dataset_status", "held_out_label_map", "apply_label_map",
-           "Splits", "TensorSet", "DatasetNotFoundError", "as_tensors", "data_fingerprint", "DataChangedError"]
+           "Splits", "TensorSet", "DatasetNotFoundError", "as_tensors", "labels_of", "subsample", "data_fingerprint",
+           "DataChangedError"]
 
 
 @dataclass(frozen=True)

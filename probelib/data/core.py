@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 
@@ -63,6 +64,52 @@ def as_tensors(data: Dataset, batch_size: int = 256, num_workers: int = 0,
     if not xs:
         return torch.empty(0), torch.empty(0, dtype=torch.long)
     return torch.cat(xs), torch.cat(ys).long()
+
+
+def labels_of(data: Dataset) -> torch.Tensor:
+    """The labels of every item of ``data`` (read without loading the images where the set allows)."""
+    if hasattr(data, "y") and isinstance(data.y, torch.Tensor):
+        return data.y
+    if hasattr(data, "targets"):
+        return torch.as_tensor(data.targets, dtype=torch.long)
+    if isinstance(data, RelabelledSubset):
+        base = labels_of(data.base)
+        return torch.tensor([data.label_map[int(base[i])] for i in data.indices], dtype=torch.long)
+    return torch.tensor([int(data[i][1]) for i in range(len(data))], dtype=torch.long)
+
+
+def subsample(data, n_images: int | None, *, seed: int = 0):
+    """About ``n_images`` items of ``data``, stratified by label and seeded; all of it when
+    ``n_images`` is None or >= its length.
+
+    Per class c (of N_c items among N), a seeded permutation (``np.random.default_rng(seed)``, classes
+    in sorted order) keeps its first ``max(1, round(n_images·N_c/N))``; the kept items stay in their
+    original order (test splits are often sorted by class: a plain ``x[:n]`` would be a label shift).
+    ``data``: a Dataset (returns a Dataset: ``TensorSet.subset`` for in-memory sets, else a
+    ``torch.utils.data.Subset``) or an ``(x, y)`` pair of tensors (returns an ``(x, y)`` pair).
+    """
+    if n_images is not None and (isinstance(n_images, bool) or int(n_images) != n_images or n_images < 1):
+        raise ValueError(f"n_images must be a positive integer or None (all images), got {n_images!r}")
+    pair = isinstance(data, (tuple, list))
+    if pair:
+        if len(data) != 2:
+            raise ValueError(f"data must be a Dataset or an (x, y) pair, got a sequence of {len(data)}")
+        x, y = torch.as_tensor(data[0]), torch.as_tensor(data[1])
+        if len(x) != len(y):
+            raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
+        data = TensorSet(x, y)
+    if n_images is None or n_images >= len(data):
+        return (data.x, data.y) if pair else data
+    y = labels_of(data).numpy()
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    keep = [rng.permutation(np.flatnonzero(y == c))[:max(1, int(round(n_images * count / len(y))))]
+            for c, count in zip(classes, counts)]
+    index = np.sort(np.concatenate(keep))
+    if hasattr(data, "subset") and hasattr(data, "x"):  # TensorSet and alike
+        sub = data.subset(torch.from_numpy(index))
+        return (sub.x, sub.y) if pair else sub
+    return Subset(data, index.tolist())
 
 
 @dataclass

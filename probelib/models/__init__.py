@@ -29,17 +29,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
-from probelib._util import default_device, unknown_name
+from probelib._util import default_device, eval_mode, iter_batches, unknown_name
 from probelib.models.checkpoint import (CheckpointError, CheckpointMismatchError, UnsafeCheckpointError,
                                         load_checkpoint, read_checkpoint, save_checkpoint)
 from probelib.models.cnn import CNN002
 from probelib.models.mlp import MLP, MLP_WIDTHS
-from probelib.models.pretrained import ZOO, load_pretrained, read_state_dict, save_external, zoo_names
+from probelib.models.pretrained import load_pretrained, read_state_dict, save_external
 from probelib.models.resnet import TORCHVISION_ARCHS, NormalizedResNet, build_resnet
 from probelib.models.wrn import NORMS, WideResNet
+from probelib.models.zoo import ZOO, zoo_names
 
 __all__ = ["build_model", "model_names", "save_checkpoint", "load_checkpoint", "read_checkpoint",
            "extract_features", "CheckpointMismatchError", "CheckpointError", "UnsafeCheckpointError", "CNN002", "WideResNet", "NormalizedResNet",
@@ -120,40 +120,19 @@ def build_model(arch: str, num_classes: int, in_channels: int | None = None, ima
     return model
 
 
-def _batches(data: torch.Tensor | Dataset, batch_size: int):
-    if isinstance(data, torch.Tensor):
-        for i in range(0, len(data), batch_size):
-            yield data[i:i + batch_size]
-    elif hasattr(data, "x") and isinstance(getattr(data, "x"), torch.Tensor):  # TensorSet
-        yield from _batches(data.x, batch_size)
-    else:
-        for batch in DataLoader(data, batch_size=batch_size, shuffle=False):
-            yield batch[0] if isinstance(batch, (list, tuple)) else batch
-
-
 @torch.no_grad()
-def extract_features(model: nn.Module, data: torch.Tensor | Dataset, batch_size: int = 512,
-                     device: str | torch.device | None = None, desc: str = "features") -> torch.Tensor:
-    """``model.features`` of every item of ``data`` (a tensor, TensorSet or Dataset) in order.
+def extract_features(model: nn.Module, data: torch.Tensor | Dataset, *, batch_size: int = 512,
+                     device: str | torch.device | None = None, desc: str | None = "features") -> torch.Tensor:
+    """``model.features`` of every item of ``data`` (a tensor, TensorSet, Dataset or DataLoader) in order.
 
-    Eval mode (the model's mode is restored afterwards), no gradients, batches of
-    ``batch_size``; returns float32 (N, D) on the CPU.
+    Eval mode (each module's mode is restored afterwards), no gradients, batches of ``batch_size``
+    (:func:`probelib._util.iter_batches`; ``desc=None`` hides the progress bar); returns float32
+    (N, D) on the CPU.
     """
     if not hasattr(model, "features"):
         raise TypeError(f"{type(model).__name__} has no features(x) method; build it with build_model")
     device = default_device(device)
-    was_training = model.training
-    model.eval()
-    param = next(model.parameters(), None)
-    if param is not None and param.device != device:
-        model.to(device)
-    out = []
-    try:
-        total = (len(data) + batch_size - 1) // batch_size
-        for x in tqdm(_batches(data, batch_size), total=total, desc=desc, leave=False):
-            out.append(model.features(x.to(device, non_blocking=True)).float().cpu())
-    finally:
-        model.train(was_training)
-    if not out:
-        return torch.empty(0, 0)
-    return torch.cat(out)
+    model.to(device)
+    with eval_mode(model):
+        out = [model.features(x).float().cpu() for x in iter_batches(data, batch_size, device, desc)]
+    return torch.cat(out) if out else torch.empty(0, 0)

@@ -105,31 +105,52 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line]
-        if found:  # weights_only refused a Python global: the file could run code
-            raise UnsafeCheckpointError(
-                f"refusing to load checkpoint {str(path)!r}: it holds Python objects beyond tensors and plain "
-                f"containers ({found[0][:200]}), which could run code when unpickled; probelib loads "
-                "checkpoints with weights_only=True only. "
-                "Do not load it with weights_only=False unless you trust its source; re-save it from trusted code "
-                "with probelib.models.save_checkpoint") from None
-        raise CheckpointError(_damaged(path, "not a torch zip checkpoint: a plain pickle, which probelib never "
-                                       "unpickles, or damaged bytes")) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        detail = str(err).splitlines()[0][:160] if str(err).strip() else "empty or truncated file"
-        raise CheckpointError(_damaged(path, f"{type(err).__name__}: {detail}")) from None
+    payload = load_weights_only(path, fix="delete it and re-run (train_or_load retrains a model whose stored "
+                                          "checkpoint is missing), or copy it again from its source")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a probelib checkpoint (expected a dict with format {FORMAT!r}); "
                          "for a bare state dict use model.load_state_dict(torch.load(path, weights_only=True))")
     return payload
 
 
-def _damaged(path: Path, reason: str) -> str:
-    return (f"checkpoint {str(path)!r} is damaged or not a probelib checkpoint ({reason}); delete it and re-run "
-            "(train_or_load retrains a model whose stored checkpoint is missing), or copy it again from its source")
+def load_weights_only(path: Path, *, fix: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with probelib's errors: an
+    :class:`UnsafeCheckpointError` for a pickle that would run code, a :class:`CheckpointError`
+    (ending with ``fix``) for a truncated, damaged or foreign file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line]
+        if found:  # weights_only refused a Python global: the file could run code
+            raise UnsafeCheckpointError(
+                f"refusing to load checkpoint {str(path)!r}: it holds Python objects beyond tensors and plain "
+                f"containers ({found[0][:200]}), which could run code when unpickled; probelib loads "
+                "checkpoints with weights_only=True only. Do not load it with weights_only=False unless you trust "
+                "its source; re-save just the weights from trusted code: torch.save(model.state_dict(), path)"
+            ) from None
+        reason = "not a torch zip checkpoint: a plain pickle, which probelib never unpickles, or damaged bytes"
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        detail = str(err).splitlines()[0][:160] if str(err).strip() else "empty or truncated file"
+        reason = f"{type(err).__name__}: {detail}"
+    raise CheckpointError(f"checkpoint {str(path)!r} is truncated or damaged ({reason}); {fix}")
+
+
+def state_problems(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], file: str = "checkpoint"
+                   ) -> list[str]:
+    """How ``state`` (read from a ``file``) differs from a model's ``own`` state dict, one phrase per
+    kind: model weights it lacks, its weights the model lacks, shapes that differ (first examples)."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: {file} {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} model weights missing from the {file} (e.g. {missing[:3]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} {file} weights the model lacks (e.g. {unexpected[:3]})")
+    if shapes:
+        problems.append(f"{len(shapes)} weight shapes differ ({'; '.join(shapes[:3])})")
+    return problems
 
 
 def _describe(config: Mapping) -> str:
@@ -146,17 +167,7 @@ def check_state_fits(model: nn.Module, state: Mapping[str, torch.Tensor], source
             a, b = stored_arch.get(key, "<absent>"), model_arch.get(key, "<absent>")
             if _differs(a, b):
                 problems.append(f"{key}: checkpoint {a!r}, model {b!r}")
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing:
-        problems.append(f"{len(missing)} weights missing from the checkpoint (e.g. {missing[:3]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} checkpoint weights the model lacks (e.g. {unexpected[:3]})")
-    if shapes:
-        problems.append(f"{len(shapes)} weight shapes differ ({'; '.join(shapes[:3])})")
+    problems += state_problems(model.state_dict(), state)
     if problems:
         stored = _describe(stored_arch) if stored_arch else "unknown architecture"
         raise CheckpointMismatchError(f"{source} ({stored}) does not fit the model: " + "; ".join(problems)

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models.resnet import Bottleneck, ResNet
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from probelib._util import check_choice
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -107,3 +109,31 @@ def build_resnet(arch: str, num_classes: int = 1000, weights: str | os.PathLike 
         raise ValueError(f"the weights do not fit {arch}: missing keys {missing[:5]}{'…' if len(missing) > 5 else ''}, "
                          f"unexpected keys {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}")
     return model
+
+
+#: torchvision's ResNet family: name -> (block, layers, groups, width_per_group).
+TORCHVISION_RESNETS: dict[str, tuple[type, tuple[int, ...], int, int]] = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2), 1, 64), "resnet34": (BasicBlock, (3, 4, 6, 3), 1, 64),
+    "resnet50": (Bottleneck, (3, 4, 6, 3), 1, 64), "resnet101": (Bottleneck, (3, 4, 23, 3), 1, 64),
+    "resnet152": (Bottleneck, (3, 8, 36, 3), 1, 64), "wide_resnet50_2": (Bottleneck, (3, 4, 6, 3), 1, 128),
+    "wide_resnet101_2": (Bottleneck, (3, 4, 23, 3), 1, 128), "resnext50_32x4d": (Bottleneck, (3, 4, 6, 3), 32, 4),
+    "resnext101_32x8d": (Bottleneck, (3, 4, 23, 3), 32, 8), "resnext101_64x4d": (Bottleneck, (3, 4, 23, 3), 64, 4),
+}
+TORCHVISION_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
+               "resnet101": "ResNet101_Weights", "resnet152": "ResNet152_Weights",
+               "wide_resnet50_2": "Wide_ResNet50_2_Weights", "wide_resnet101_2": "Wide_ResNet101_2_Weights",
+               "resnext50_32x4d": "ResNeXt50_32X4D_Weights", "resnext101_32x8d": "ResNeXt101_32X8D_Weights",
+               "resnext101_64x4d": "ResNeXt101_64X4D_Weights"}
+
+
+class ImageNetResNet(NormalizedResNet):
+    """A torchvision ResNet/ResNeXt/Wide ResNet that normalises [0, 1] input with ImageNet mean/std.
+
+    The state dict has exactly torchvision's keys (mean/std are not saved). ``features(x)``: the
+    pooled layer4 output (512·expansion-d: 512 for resnet18/34, 2048 otherwise); ``classifier``: ``fc``.
+    """
+
+    def __init__(self, arch: str, num_classes: int = 1000):
+        check_choice("torchvision architecture", arch, TORCHVISION_RESNETS)
+        block, layers, groups, width = TORCHVISION_RESNETS[arch]
+        super().__init__(num_classes, width, block=block, layers=layers, groups=groups)

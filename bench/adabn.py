@@ -51,10 +51,10 @@ from torchvision import transforms as trn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from probelib._util import default_device, seed_everything  # noqa: E402
-from probelib.adabn import (ARMS, AdaBNSettings, bn_layers, momentum_label, shift_grid, stratified_subset,  # noqa: E402
+from probelib.adabn import (ARMS, AdaBNSettings, bn_layers, momentum_label, shift_grid,  # noqa: E402
                             train_augmentation)
 from probelib.corruptions import corruption_names, to_uint8_images, write_corrupted  # noqa: E402
-from probelib.data import load_dataset  # noqa: E402
+from probelib.data import load_dataset, subsample  # noqa: E402
 from probelib.metrics import classification_metrics  # noqa: E402
 from probelib.tent import TentSettings  # noqa: E402
 
@@ -176,7 +176,7 @@ def main() -> None:
     model = model.cpu().eval()
 
     test = load_dataset("mnist5k").test
-    x, y = stratified_subset(test.x, test.y, n_images=args.n)  # the test split is class-sorted: x[:n] = label shift
+    x, y = subsample((test.x, test.y), args.n)  # the test split is class-sorted: x[:n] = label shift
     corruptions = corruption_names() if args.full else SUBSET
     severities = list(SEVERITIES) if args.full else [1, 3, 5]
     flip = x.shape[1] != 1  # grey digits: crop only

@@ -39,7 +39,8 @@ from probelib.attacks import best_of_l2, cw_l2, ddn_l2, fmn_l2  # noqa: E402
 from probelib.metrics import predict_labels  # noqa: E402
 from probelib.data import load_dataset  # noqa: E402
 from probelib.models import build_model  # noqa: E402
-from probelib.training import TrainConfig, subsample, train  # noqa: E402
+from probelib.data import subsample  # noqa: E402
+from probelib.training import TrainConfig, train  # noqa: E402
 
 PAPER_CW = dict(binary_search_steps=9, steps=10000, stepsize=1e-2, initial_const=1e-3, abort_early=True)
 METHODS = ("natural", "trades", "at")

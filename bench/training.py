@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from probelib._util import default_device
 from probelib.data import load_dataset
 from probelib.models import build_model
-from probelib.training import EMBEDDED_NCG_EPOCHS, TrainConfig, subsample, train
+from probelib.data import subsample
+from probelib.training import EMBEDDED_NCG_EPOCHS, TrainConfig, train
 
 
 def floor_epoch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,

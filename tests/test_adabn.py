@@ -488,23 +488,20 @@ def test_one_pass_exact_statistics_equal_truncated_passes_and_arm_logits():
         assert torch.equal(v, before[k]), k
 
 
-def test_stratified_subset_and_n_images():
-    from probelib.adabn import stratified_subset
+def test_studies_score_a_stratified_subset_of_n_images():
+    from probelib.data import subsample
     x, y = data(n=60), torch.arange(60) // 12  # sorted by class, as test splits often are
-    xs, ys = stratified_subset(x, y, n_images=20)
+    xs, ys = subsample((x, y), 20)
     assert len(ys) == 20 and torch.bincount(ys).tolist() == [4] * 5
     rows = [int(torch.nonzero((x == xi).flatten(1).all(1))[0]) for xi in xs]  # images of x, kept in order
     assert rows == sorted(rows) and torch.equal(y[rows], ys)
-    assert stratified_subset(x, y, n_images=None)[0] is x and len(stratified_subset(x, y, n_images=100)[1]) == 60
-    with pytest.raises(ValueError, match="n_images"):
-        stratified_subset(x, y, n_images=0)
     load = synthetic_corrupted(x, y)
     grid = shift_grid(tiny_bn_cnn(), load, ["gaussian_noise"], [1], clean=(x, y), n_images=20,
                       adabn=AdaBNSettings(device="cpu"))
     assert (grid["n"] == 20).all() and len(grid) == 6
     from probelib.adabn import load_shifted
     xl, yl = load_shifted(load, "gaussian_noise", 1, n_images=20)  # the subset the grid scored
-    assert torch.equal(xl, stratified_subset(*load("gaussian_noise", 1), n_images=20)[0]) and len(yl) == 20
+    assert torch.equal(xl, subsample(load("gaussian_noise", 1), 20)[0]) and len(yl) == 20
     train_x, train_y = data(n=30, seed=3), torch.arange(30) % 5
     table = ncg_under_adabn(tiny_bn_cnn(), train_x, train_y, load, ["gaussian_noise"], [1, 2], n_images=20,
                             adabn=AdaBNSettings(device="cpu"))

@@ -300,29 +300,42 @@ def test_cli_lists_embedded_sets(capsys):
 
 
 # ------------------------------------------------------------------ the one sampler
+def _reference_selection(labels: list[int], n_images: int | None, seed: int) -> list[int]:
+    """The documented selection, written out slowly: per class in sorted order, one draw of
+    ``default_rng(seed).permutation`` over that class's positions, keep max(1, round(n·N_c/N))."""
+    if n_images is None or n_images >= len(labels):
+        return list(range(len(labels)))
+    rng, kept = np.random.default_rng(seed), []
+    for c in sorted(set(labels)):
+        where = [i for i, v in enumerate(labels) if v == c]
+        kept += [where[j] for j in rng.permutation(len(where))[:max(1, int(round(n_images * len(where) / len(labels))))]]
+    return sorted(kept)
+
+
 @pytest.mark.parametrize("n_images, seed", [(1, 0), (37, 0), (100, 3), (499, 7), (None, 0), (10_000, 1)])
-def test_subsample_reproduces_training_subsample_and_adabn_stratified_subset(n_images, seed):
-    """data.subsample selects exactly what training.subsample (Datasets) and adabn.stratified_subset
-    ((x, y) pairs) selected for the same seed, so switching their callers changes no number."""
+def test_subsample_selects_the_documented_stratified_items(n_images, seed):
+    """data.subsample (the one sampler: training subsets, AdaBN study subsets) keeps exactly the items
+    of the documented per-class seeded draw, for in-memory sets, (x, y) pairs and lazy subsets."""
     from torch.utils.data import Subset
 
-    from probelib.adabn import stratified_subset
     from probelib.data import subsample
     from probelib.data.core import RelabelledSubset
-    from probelib.training import subsample as training_subsample
 
     splits = load_dataset("digitswo9")
-    old, new = training_subsample(splits.train, n_images, seed), subsample(splits.train, n_images, seed=seed)
-    assert type(new) is type(old) and torch.equal(new.x, old.x) and torch.equal(new.y, old.y)
+    want = _reference_selection(splits.train.y.tolist(), n_images, seed)
+    got = subsample(splits.train, n_images, seed=seed)
+    assert torch.equal(got.x, splits.train.x[want]) and torch.equal(got.y, splits.train.y[want])
     x, y = splits.test.x, splits.test.y
-    for a, b in zip(stratified_subset(x, y, n_images, seed), subsample((x, y), n_images, seed=seed)):
-        assert torch.equal(a, b)
+    want = _reference_selection(y.tolist(), n_images, seed)
+    xs, ys = subsample((x, y), n_images, seed=seed)
+    assert torch.equal(xs, x[want]) and torch.equal(ys, y[want])
     lazy = RelabelledSubset(splits.train, list(range(0, len(splits.train), 2)), {c: c for c in range(9)})
-    old, new = training_subsample(lazy, n_images, seed), subsample(lazy, n_images, seed=seed)
-    if isinstance(old, Subset):
-        assert old.indices == new.indices
+    want = _reference_selection([int(lazy[i][1]) for i in range(len(lazy))], n_images, seed)
+    got = subsample(lazy, n_images, seed=seed)
+    if isinstance(got, Subset):
+        assert list(got.indices) == want
     else:
-        assert old is lazy and new is lazy
+        assert got is lazy and want == list(range(len(lazy)))
 
 
 def test_subsample_is_stratified_and_refuses_bad_counts():

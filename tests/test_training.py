@@ -9,13 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from probelib.data import subsample
 from probelib.attacks import pgd
 from probelib.data import load_dataset
 from probelib.models import build_model, load_checkpoint
 from probelib.models.checkpoint import read_checkpoint
 from probelib.store import Store
 from probelib.training import (TrainConfig, TrainingDivergedError, at_loss, config_names, default_config,
-                               get_config, mixup_loss, natural_loss, scale_milestones, subsample, train,
+                               get_config, mixup_loss, natural_loss, scale_milestones, train,
                                train_or_load, trades_loss)
 
 D, C = 6, 3

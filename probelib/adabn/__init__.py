@@ -18,7 +18,7 @@ from probelib.adabn.core import (AdaBNSettings, LayerSelector, adapt_bn, adapt_b
                                  resolve_layers)
 from probelib.adabn.augment import train_augmentation
 from probelib.adabn.arms import (ALL_ARMS, ARMS, DEFAULT_CORRUPTIONS, STUDY_ARMS, arm_logits, corrupt_on_the_fly,
-                                 evaluate_arms, load_shifted, stratified_subset)
+                                 evaluate_arms, load_shifted)
 from probelib.adabn.studies import (PAPER_BN_LAYERS, PAPER_MS, TENT_REFERENCE, adabn_gains, add_border,
                                     black_border_study, bn_statistics, bn_statistics_comparison,
                                     bn_statistics_shift, label_shift, ncg_under_adabn, paired_gains, paper_ms,
@@ -29,7 +29,7 @@ from probelib.adabn.verdicts import (TENT_RESULTS, border_verdicts, grid_verdict
 __all__ = ["AdaBNSettings", "LayerSelector", "bn_layers", "exclude_last", "exclude_first", "resolve_layers",
            "train_augmentation", "adapt_bn", "adapt_bn_", "adapted", "preserved_bn_statistics", "momentum_label",
            "ARMS", "ALL_ARMS", "STUDY_ARMS", "DEFAULT_CORRUPTIONS", "evaluate_arms", "arm_logits",
-           "stratified_subset", "load_shifted", "corrupt_on_the_fly",
+           "load_shifted", "corrupt_on_the_fly",
            "shift_grid", "adabn_gains", "paired_gains", "PAPER_MS", "PAPER_BN_LAYERS", "paper_ms", "label_shift",
            "add_border", "black_border_study", "bn_statistics", "bn_statistics_shift", "bn_statistics_comparison",
            "ncg_under_adabn", "TENT_REFERENCE", "tent_table", "study_model",

@@ -15,10 +15,11 @@ from probelib import tent as T  # tent imports adabn.core: bound here, its names
 from probelib._util import check_choice, check_images_or_features, check_labels, default_device, model_device
 from probelib.adabn.core import (AdaBNSettings, _exact_one_pass, _require_bn, _single_batch, adapted, bn_layers,
                                  preserved_bn_statistics, resolve_layers)
+from probelib.data.core import subsample
 from probelib.stats import paired_test
 
 __all__ = ["ARMS", "ALL_ARMS", "STUDY_ARMS", "DEFAULT_CORRUPTIONS", "evaluate_arms", "arm_logits",
-           "stratified_subset", "load_shifted", "corrupt_on_the_fly"]
+           "load_shifted", "corrupt_on_the_fly"]
 
 #: Burns & Steinhardt's arms: every study's default.
 ARMS = ("source", "adabn", "adabn+aug")
@@ -182,22 +183,6 @@ def _corrupted_source(corrupted) -> Callable[[str, int], tuple[torch.Tensor, tor
                     f"'-C' layout, or a callable (corruption, severity) -> (x, y), got {type(corrupted).__name__}")
 
 
-def stratified_subset(x: torch.Tensor, y: torch.Tensor, *, n_images: int | None, seed: int = 0
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """About ``n_images`` of ``(x, y)``, stratified by label and seeded (``probelib.training.subsample``;
-    kept in their original order); all of them when ``n_images`` is None or ≥ len. Test splits are
-    often sorted by class, so a plain ``x[:n]`` would be a label shift."""
-    from probelib.data.core import TensorSet
-    from probelib.training import subsample
-    if n_images is not None and (int(n_images) != n_images or n_images < 1):
-        raise ValueError(f"n_images must be a positive integer or None (all images), got {n_images!r}")
-    x, y = torch.as_tensor(x), torch.as_tensor(y)
-    if n_images is None or n_images >= len(y):
-        return x, y
-    sub = subsample(TensorSet(x, y), int(n_images), seed)
-    return sub.x, sub.y
-
-
 def load_shifted(corrupted, corruption: str, severity: int, *, n_images: int | None = None,
                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """One setting ``(x, y)`` of ``corrupted`` (a "-C" set name or a callable, as the studies take
@@ -208,7 +193,7 @@ def load_shifted(corrupted, corruption: str, severity: int, *, n_images: int | N
 def _subsampled(load, n_images: int | None, seed: int):
     if n_images is None:
         return load
-    return lambda c, s: stratified_subset(*load(c, s), n_images=n_images, seed=seed)
+    return lambda c, s: subsample(load(c, s), n_images, seed=seed)
 
 
 def corrupt_on_the_fly(x: torch.Tensor, y: torch.Tensor, seed: int = 0

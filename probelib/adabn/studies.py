@@ -18,9 +18,9 @@ from torch import nn
 
 from probelib._util import check_images_or_features
 from probelib.adabn.arms import (ARMS, DEFAULT_CORRUPTIONS, _as_pair, _check_arms, _check_xy, _corrupted_source,
-                                 _label_table, _subsampled, _working_copy, arm_logits, evaluate_arms,
-                                 stratified_subset)
+                                 _label_table, _subsampled, _working_copy, arm_logits, evaluate_arms,)
 from probelib.adabn.core import AdaBNSettings, _require_bn, adapt_bn, bn_layers, exclude_first, exclude_last
+from probelib.data.core import subsample
 from probelib.stats import mcnemar, mcnemar_counts
 
 if TYPE_CHECKING:  # probelib.tent imports probelib.adabn.core
@@ -51,7 +51,7 @@ def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT
             statistics batch when it is small, device cuda when present); its ``seed`` also draws
             the ``n_images`` subsets.
         n_images: score (and adapt on) about this many images of every set, the same stratified
-            seeded subset each time (:func:`stratified_subset`); None = all.
+            seeded subset each time (:func:`probelib.data.subsample`); None = all.
         calibration: RMS calibration variant, ``"complete"`` (every bin) or ``"burns"`` (the
             authors' ``calib_err``); named in the ``calibration`` column.
         arms: any of :data:`ALL_ARMS`; default Burns & Steinhardt's three. ``norm`` and ``tent``
@@ -83,9 +83,9 @@ def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT
     rows = []
     for name, sev in tqdm(settings, desc="AdaBN shift grid"):
         if name == "clean" and sev == 0 and clean is not None:
-            x, y = stratified_subset(*_as_pair(clean), n_images=n_images, seed=seed)
+            x, y = subsample(_as_pair(clean), n_images, seed=seed)
         elif sev == 0:
-            x, y = stratified_subset(*_as_pair(extra[name]), n_images=n_images, seed=seed)
+            x, y = subsample(_as_pair(extra[name]), n_images, seed=seed)
         else:
             x, y = load(name, sev)
         _check_xy(x, y, f"the {name} severity {sev} set")  # a callable or Dataset may hold 0–255 pixels

@@ -126,15 +126,9 @@ def apply_label_map(x: torch.Tensor, y: torch.Tensor, mapping: dict[int, int]
     return x[keep], torch.tensor([mapping[int(v)] for v, k in zip(labels, keep.tolist()) if k], dtype=torch.long)
 
 
-def _labels_of(data) -> torch.Tensor:
-    if isinstance(data, TensorSet):
-        return data.y
-    return torch.as_tensor(data.targets, dtype=torch.long)
-
-
 def _hold_out(data, mapping: dict[int, int]):
     """The seen-class part of ``data`` relabelled by ``mapping``."""
-    y = _labels_of(data)
+    y = labels_of(data)
     keep = torch.tensor([int(v) in mapping for v in y.tolist()], dtype=torch.bool)
     if isinstance(data, TensorSet):
         lut = torch.full((int(y.max()) + 1,), -1, dtype=torch.long)
@@ -145,7 +139,7 @@ def _hold_out(data, mapping: dict[int, int]):
 
 
 def _only_class(data, k: int):
-    y = _labels_of(data)
+    y = labels_of(data)
     mask = y == k
     if isinstance(data, TensorSet):
         return TensorSet(data.x[mask], torch.full((int(mask.sum()),), -1, dtype=torch.long))

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from probelib.training.batches import AUGMENTS, augment_batch, subsample
+from probelib.training.batches import AUGMENTS, augment_batch
 from probelib.training.config import LOOP_FIELDS, TrainConfig, scale_milestones
 from probelib.training.loop import TrainingDivergedError, evaluate_accuracy, train
 from probelib.training.losses import METHODS, at_loss, mixup_loss, natural_loss, trades_adversary, trades_loss
@@ -20,6 +20,6 @@ from probelib.training.recipes import (EMBEDDED_ADABN_ARCH, EMBEDDED_ADABN_EPOCH
 
 __all__ = ["METHODS", "AUGMENTS", "LOOP_FIELDS", "TrainConfig", "default_config", "config_names", "get_config",
            "train", "train_or_load", "checkpoint_key", "natural_loss", "trades_loss", "trades_adversary", "at_loss",
-           "mixup_loss", "augment_batch", "subsample", "evaluate_accuracy", "scale_milestones",
+           "mixup_loss", "augment_batch", "evaluate_accuracy", "scale_milestones",
            "TrainingDivergedError", "add_cli", "EMBEDDED_NCG_EPOCHS", "EMBEDDED_ADABN_ARCH", "EMBEDDED_ADABN_EPOCHS",
            "EMBEDDED_FEATURE_EPOCHS"]

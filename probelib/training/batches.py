@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from probelib._util import check_choice
-from probelib.data.core import as_tensors
+from probelib.data.core import as_tensors, labels_of, subsample  # noqa: F401 (used by config/loop)
 from probelib.data.fingerprint import file_digest
 from probelib.store import fingerprint
 
-__all__ = ["AUGMENTS", "augment_batch", "crop_and_flip", "subsample", "labels_of", "in_memory", "batches",
+__all__ = ["AUGMENTS", "augment_batch", "crop_and_flip", "in_memory", "batches",
            "data_signature"]
 
 AUGMENTS = ("none", "crop", "crop+flip")
@@ -51,41 +51,6 @@ def crop_and_flip(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, flip:
     if flip is not None:
         out = torch.where(flip.to(dev)[:, None, None, None], out.flip(3), out)
     return out
-
-
-def labels_of(data: Dataset) -> torch.Tensor:
-    """Every label of ``data`` (read from its tensors or targets when it has them, else item by item)."""
-    if hasattr(data, "y") and isinstance(data.y, torch.Tensor):
-        return data.y
-    if hasattr(data, "targets"):
-        return torch.as_tensor(data.targets, dtype=torch.long)
-    if hasattr(data, "base") and hasattr(data, "indices") and hasattr(data, "label_map"):  # RelabelledSubset
-        base = labels_of(data.base)
-        return torch.tensor([data.label_map[int(base[i])] for i in data.indices], dtype=torch.long)
-    return torch.tensor([int(data[i][1]) for i in range(len(data))], dtype=torch.long)
-
-
-def subsample(data: Dataset, n: int | None, seed: int = 0) -> Dataset:
-    """A deterministic stratified subset of about ``n`` items (all of ``data`` when n is None or ≥ len).
-
-    Per class, a seeded permutation; class c keeps round(n·n_c/N) items (at least one), and the
-    kept indices stay in their original order.
-    """
-    if n is None or n >= len(data):
-        return data
-    if n < 1:
-        raise ValueError(f"max_train/max_test must be >= 1 (or None for all), got {n}")
-    y = labels_of(data).numpy()
-    rng = np.random.default_rng(seed)
-    classes, counts = np.unique(y, return_counts=True)
-    keep = []
-    for c, count in zip(classes, counts):
-        k = max(1, int(round(n * count / len(y))))
-        keep.append(rng.permutation(np.flatnonzero(y == c))[:k])
-    index = np.sort(np.concatenate(keep))
-    if hasattr(data, "subset") and hasattr(data, "x"):
-        return data.subset(torch.from_numpy(index))
-    return Subset(data, index.tolist())
 
 
 def in_memory(data: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:

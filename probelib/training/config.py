@@ -17,7 +17,8 @@ from probelib.data import parse_name
 from probelib.models import _WRN as wrn_pattern
 from probelib.models import build_model, model_names
 from probelib.store import fingerprint
-from probelib.training.batches import AUGMENTS, labels_of, subsample
+from probelib.data.core import labels_of, subsample
+from probelib.training.batches import AUGMENTS
 from probelib.training.losses import METHODS
 
 __all__ = ["TrainConfig", "LOOP_FIELDS", "OPTIMIZERS", "SCHEDULES", "PAPERS", "SPACES", "scale_milestones"]
@@ -180,8 +181,8 @@ class TrainConfig:
         """``splits`` with train/test subsampled to ``max_train``/``max_test`` (stratified, seeded)."""
         if self.max_train is None and self.max_test is None:
             return splits
-        train_set = subsample(splits.train, self.max_train, self.seed)
-        test_set = subsample(splits.test, self.max_test, self.seed)
+        train_set = subsample(splits.train, self.max_train, seed=self.seed)
+        test_set = subsample(splits.test, self.max_test, seed=self.seed)
         if dataclasses.is_dataclass(splits):
             return dataclasses.replace(splits, train=train_set, test=test_set)
         return argparse.Namespace(**{**vars(splits), "train": train_set, "test": test_set})

@@ -24,7 +24,8 @@ from probelib import distributed
 from probelib._util import default_device, eval_mode, seed_everything
 from probelib.models.checkpoint import (CheckpointMismatchError, arch_config, check_state_fits, plain,
                                         read_checkpoint, save_checkpoint)
-from probelib.training.batches import augment_batch, batches, data_signature, labels_of
+from probelib.data.core import labels_of
+from probelib.training.batches import augment_batch, batches, data_signature
 from probelib.training.config import LOOP_FIELDS, TrainConfig
 from probelib.training.losses import at_loss, mixup_loss, natural_loss, trades_loss
 

@@ -398,6 +398,15 @@ class SpaceReport:
     counts: pd.DataFrame
     verdicts: list[str]
 
+    def publish(self, results_dir) -> None:
+        """Save ``<space>_ncg`` and ``<space>_robust_better_counts`` under ``results_dir`` and report
+        every verdict (into the run's report)."""
+        from probelib.report import save_table, verdict
+        save_table(self.table, f"{self.space}_ncg", results_dir)
+        save_table(self.counts, f"{self.space}_robust_better_counts", results_dir)
+        for v in self.verdicts:
+            verdict(v)
+
 
 def space_report(datasets: Sequence[str], space: str, methods: Sequence[str], eps: float = 2.0, *,
                  smoke: bool = False, device=None, store=None) -> SpaceReport:

@@ -22,7 +22,7 @@ from probelib.adabn.arms import (ALL_ARMS, ARMS, DEFAULT_CORRUPTIONS, STUDY_ARMS
 from probelib.adabn.studies import (PAPER_BN_LAYERS, PAPER_MS, TENT_REFERENCE, adabn_gains, add_border,
                                     black_border_study, bn_statistics, bn_statistics_comparison,
                                     bn_statistics_shift, label_shift, ncg_under_adabn, paired_gains, paper_ms,
-                                    shift_grid, study_model, tent_table)
+                                    shift_grid, study_config, study_model, tent_table)
 from probelib.adabn.verdicts import (TENT_RESULTS, border_verdicts, grid_verdicts, label_shift_verdicts,
                                      ncg_verdicts, tent_verdict, tent_verdicts)
 
@@ -32,6 +32,6 @@ __all__ = ["AdaBNSettings", "LayerSelector", "bn_layers", "exclude_last", "exclu
            "load_shifted", "corrupt_on_the_fly",
            "shift_grid", "adabn_gains", "paired_gains", "PAPER_MS", "PAPER_BN_LAYERS", "paper_ms", "label_shift",
            "add_border", "black_border_study", "bn_statistics", "bn_statistics_shift", "bn_statistics_comparison",
-           "ncg_under_adabn", "TENT_REFERENCE", "tent_table", "study_model",
+           "ncg_under_adabn", "TENT_REFERENCE", "tent_table", "study_config", "study_model",
            "grid_verdicts", "label_shift_verdicts", "border_verdicts", "ncg_verdicts", "TENT_RESULTS",
            "tent_verdict", "tent_verdicts"]

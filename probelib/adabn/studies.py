@@ -414,10 +414,18 @@ def tent_table(grid: pd.DataFrame, severity: int = 5, arms: Sequence[str] | None
     return pd.DataFrame(rows).set_index("arm")
 
 
+def study_config(dataset: str, *, smoke: bool = False):
+    """The training config of the AdaBN notebooks' own model: Burns & Steinhardt's BN WideResNet recipe
+    (``default_config(dataset, paper="adabn")``), or with ``smoke`` the shared 1-epoch model on 300 images."""
+    from probelib.training import default_config
+    cfg = default_config(dataset, paper="adabn")
+    return cfg.replace(epochs=1, max_train=300, max_test=100) if smoke else cfg
+
+
 def study_model(dataset: str, *, smoke: bool = False, device=None, model_source: str | None = None,
                 checkpoint: str | os.PathLike | None = None, model_dir: str | os.PathLike = "models",
                 threat_model: str = "corruptions", **pretrained_kwargs) -> tuple[nn.Module, str]:
-    """The source model of notebooks 30–32 and its name.
+    """The source model of notebooks 30–33 and its name.
 
     ``model_source=None``: the BN WideResNet probelib trains (or loads from the store) for
     ``dataset`` with Burns & Steinhardt's recipe (``default_config(dataset, paper="adabn")``; with
@@ -427,10 +435,8 @@ def study_model(dataset: str, *, smoke: bool = False, device=None, model_source:
     ``Standard`` WRN-28-10 from ``<model_dir>/cifar10/corruptions/Standard.pt`` for TENT's table.
     """
     if model_source is None:
-        from probelib.training import default_config, train_or_load
-        cfg = default_config(dataset, paper="adabn")
-        if smoke:  # a tiny model (shared with the other smoke notebooks: same config, same store entry)
-            cfg = cfg.replace(epochs=1, max_train=300, max_test=100)
+        from probelib.training import train_or_load
+        cfg = study_config(dataset, smoke=smoke)
         model, _ = train_or_load(cfg, device=device)
         return model, cfg.name
     if checkpoint is None:

@@ -65,7 +65,11 @@ def main() -> None:
             if engine == "ray":  # started here (run_sweep then uses it) to time the start on its own
                 import ray
 
-                start_s = _start_local_ray(args.num_cpus, quiet=True)
+                try:
+                    start_s = _start_local_ray(args.num_cpus, quiet=True)
+                except Exception as err:  # on a machine loaded by other jobs the raylet can miss its 15 s
+                    raise SystemExit(f"ray: the local instance did not start ({str(err).splitlines()[0][:200]}); "
+                                     f"load average {load_before} before, {_load()} now") from None
                 started = time.perf_counter()
             try:
                 result = run_sweep(grid, engine=engine, num_cpus=args.num_cpus, quiet=True)

@@ -435,8 +435,8 @@ def _local_cores() -> int:
 
 
 #: Environment of a local Ray instance's processes: the package importable in every worker without a
-#: runtime_env (a job runtime_env makes the raylet start workers of its own and leaves the prestarted
-#: ones idle), and no usage-stats reporting.
+#: runtime_env (workers for a job runtime_env are started for it, so the ones Ray prestarts at start-up
+#: may sit idle), and no usage-stats reporting.
 _LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 #: What a sweep on one machine needs of Ray, and no more: the raylet waits longer for its (Python)
 #: agents, which start slowly on a busy machine, and no metrics are collected while the runs compute.
@@ -449,7 +449,7 @@ def _start_local_ray(num_cpus: int | None = None, *, quiet: bool = False, attemp
 
     No dashboard, no usage stats, no metrics, no runtime_env: its processes inherit this process's
     environment with the package root on ``PYTHONPATH`` (set only while Ray starts), so the
-    workers Ray prestarts for the ``num_cpus`` cores (default: this process's cores) run the tasks.
+    workers Ray prestarts for the ``num_cpus`` cores (default: this process's cores) can run the tasks.
     The raylet waits a fixed 15 s for its dashboard agent; on a machine loaded by other jobs that can
     pass, so a timed-out start is retried.
     """

@@ -85,8 +85,8 @@ def main() -> None:
                   f"load average {load_before} before, {_load()} after", flush=True)
             if engine == "ray":
                 times["ray_runs"] = ran - started
-                print(f"ray   start {start_s:.1f} s, runs {ran - started:.1f} s, shutdown {time.perf_counter() - ran:.1f} s",
-                      flush=True)
+                stop_s = time.perf_counter() - ran
+                print(f"ray   start {start_s:.1f} s, runs {ran - started:.1f} s, shutdown {stop_s:.1f} s", flush=True)
     if "local" in times and "ray" in times:
         print(f"ray runs alone (start and shutdown left out) vs local: {times['ray_runs'] / times['local']:.2f}")
         print(f"ray overhead vs local: {times['ray'] / times['local']:.2f}")

@@ -138,24 +138,58 @@ def _run_local(todo: list[RunSpec], progress: bool) -> Iterable[dict[str, Any]]:
         yield outcome
 
 
-def _start_local_ray(num_cpus: int, runtime_env: Mapping[str, Any], *, progress: bool = True,
-                     attempts: int = 3) -> None:
-    """Start a local Ray instance (no dashboard). Ray waits a fixed 30 s for its raylet to register;
-    on a machine loaded by other jobs that can pass, so a timed-out start is retried."""
+def _local_cores() -> int:
+    """The cores this process may run on (its CPU affinity; ``os.cpu_count()`` where that is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+#: Environment of a local Ray instance's processes: the package importable in every worker without a
+#: runtime_env (workers for a job runtime_env are started for it, so the ones Ray prestarts at start-up
+#: may sit idle), and no usage-stats reporting.
+_LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
+#: What a sweep on one machine needs of Ray, and no more: the raylet waits longer for its (Python)
+#: agents, which start slowly on a busy machine, and no metrics are collected while the runs compute.
+_LOCAL_RAY_CONFIG = {"agent_register_timeout_ms": 120_000, "raylet_start_wait_time_s": 120,
+                     "enable_metrics_collection": False}
+
+
+def _start_local_ray(num_cpus: int | None = None, *, progress: bool = True, attempts: int = 3) -> float:
+    """Start a local Ray instance for a sweep on this machine; returns the seconds it took.
+
+    No dashboard, no usage stats, no metrics, no runtime_env: its processes inherit this process's
+    environment with the package root on ``PYTHONPATH`` (set only while Ray starts), so the
+    workers Ray prestarts for the ``num_cpus`` cores (default: this process's cores) can run the tasks.
+    The raylet waits a fixed 15 s for its dashboard agent; on a machine loaded by other jobs that can
+    pass, so a timed-out start is retried.
+    """
     import ray
 
-    for attempt in range(1, attempts + 1):
-        try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=dict(runtime_env),
-                     log_to_driver=progress,
-                     # the raylet waits for its (Python) agents; on a busy machine they start slowly
-                     _system_config={"agent_register_timeout_ms": 120_000, "raylet_start_wait_time_s": 120})
-            return
-        except Exception as err:  # Ray raises a bare Exception for the start-up timeout
-            ray.shutdown()
-            if "timed out during startup" not in str(err) or attempt == attempts:
-                raise
-            _say(progress)(f"  the local Ray instance did not start in time (attempt {attempt} of {attempts}): retrying")
+    env = {**_LOCAL_RAY_ENV, **kernel_env()}
+    saved = {k: os.environ.get(k) for k in env}
+    t0 = time.perf_counter()
+    try:
+        os.environ.update(env)
+        for attempt in range(1, attempts + 1):
+            try:
+                ray.init(num_cpus=num_cpus or _local_cores(), include_dashboard=False, log_to_driver=progress,
+                         _system_config=_LOCAL_RAY_CONFIG)
+                break
+            except Exception as err:  # Ray raises a bare Exception for the start-up timeout
+                ray.shutdown()
+                if "timed out during startup" not in str(err) or attempt == attempts:
+                    raise
+                _say(progress)(f"  the local Ray instance did not start in time (attempt {attempt} of {attempts}): "
+                            "retrying")
+        return time.perf_counter() - t0
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _run_ray(todo: list[RunSpec], resources: Mapping[str, float], address: str | None, progress: bool,
@@ -168,13 +202,12 @@ def _run_ray(todo: list[RunSpec], resources: Mapping[str, float], address: str |
     from tqdm.auto import tqdm
 
     say = _say(progress)
-    runtime_env = {"env_vars": kernel_env()}  # this probelib first on the path
     started_here = False
     if not ray.is_initialized():
-        if address:
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=progress)
+        if address:  # other hosts: the package root travels as the job's runtime_env
+            ray.init(address=address, runtime_env={"env_vars": kernel_env()}, log_to_driver=progress)
         else:
-            _start_local_ray(num_cpus or os.cpu_count() or 1, runtime_env, progress=progress)
+            say(f"  local Ray instance started in {_start_local_ray(num_cpus, progress=progress):.1f} s")
         started_here = True
     try:
         total = ray.cluster_resources()

@@ -192,3 +192,32 @@ def test_stacked_tables_put_the_axes_first_and_rename_clashing_ones(tmp_path):
     assert list(table.index) == [(d, e) for d in ("digitswo1", "digitswo2") for e in (1.0, 2.0) for _ in range(2)]
     assert list(table["ncg"]) == [1.0, -1.0, 2.0, -2.0] * 2
     assert (table["dataset"] == table.index.get_level_values("run_dataset")).all()
+
+
+def test_local_ray_start_passes_the_package_by_environment_and_restores_it(monkeypatch):
+    """The local instance gets no runtime_env: its processes inherit PYTHONPATH (package root first) and
+    RAY_USAGE_STATS_ENABLED=0 while ray.init runs; afterwards this process's environment is as before.
+    A start that timed out (a busy machine) is retried. Ray itself is not started (ray.init is faked)."""
+    ray = pytest.importorskip("ray")
+    from probelib.execute import kernel_env
+    from probelib.sweep import _local_cores, _start_local_ray
+
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
+    calls = []
+
+    def fake_init(**kwargs):
+        calls.append((kwargs, os.environ.get("PYTHONPATH"), os.environ.get("RAY_USAGE_STATS_ENABLED")))
+        if len(calls) == 1:
+            raise Exception("The current node timed out during startup.")
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    expected_path = kernel_env()["PYTHONPATH"]  # the package root first, then "/elsewhere"
+    assert _start_local_ray(progress=False) >= 0
+    assert len(calls) == 2
+    kwargs, path, stats = calls[-1]
+    assert path == expected_path and expected_path.endswith(os.pathsep + "/elsewhere") and stats == "0"
+    assert kwargs["num_cpus"] == _local_cores() and "runtime_env" not in kwargs
+    assert kwargs["include_dashboard"] is False and kwargs["log_to_driver"] is False
+    assert os.environ["PYTHONPATH"] == "/elsewhere" and "RAY_USAGE_STATS_ENABLED" not in os.environ

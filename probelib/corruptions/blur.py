@@ -11,8 +11,7 @@ from probelib.corruptions.registry import register
 
 @register("gaussian_blur", "blur", 16, {"cifar": [0.4, 0.6, 0.7, 0.8, 1],
                                         "tin": [0.5, 0.75, 1, 1.25, 1.5],
-                                        "in": [1, 2, 3, 4, 6]},
-          benchmark=False, deterministic=True, monotone=True)
+                                        "in": [1, 2, 3, 4, 6]}, benchmark=False, deterministic=True, monotone=True)
 def _gaussian_blur(x, sigma, rngs, pset):
     return np.clip(_blur(x / 255.0, sigma), 0, 1) * 255
 
@@ -176,8 +175,7 @@ def _zoom_blur_operator(h: int, w: int, zooms: np.ndarray):
                                    "tin": [(1.06, 0.01), (1.11, 0.01), (1.16, 0.01), (1.21, 0.01),
                                            (1.26, 0.01)],
                                    "in": [(1.11, 0.01), (1.16, 0.01), (1.21, 0.02), (1.26, 0.02),
-                                          (1.31, 0.03)]},
-          deterministic=True, monotone=True)
+                                          (1.31, 0.03)]}, deterministic=True, monotone=True)
 def _zoom_blur(x, params, rngs, pset):
     n, h, w, c = x.shape
     op = _zoom_blur_operator(h, w, zoom_factors(*params))

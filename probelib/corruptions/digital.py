@@ -82,8 +82,7 @@ def _hsv_edit(x: np.ndarray, brightness: float | None = None, saturation: tuple 
 
 @register("brightness", "weather", 10, {"cifar": [0.05, 0.1, 0.15, 0.2, 0.3],
                                         "tin": [0.1, 0.2, 0.3, 0.4, 0.5],
-                                        "in": [0.1, 0.2, 0.3, 0.4, 0.5]},
-          deterministic=True, monotone=True)
+                                        "in": [0.1, 0.2, 0.3, 0.4, 0.5]}, deterministic=True, monotone=True)
 def _brightness(x, delta, rngs, pset):
     return _hsv_edit(x, brightness=delta)
 
@@ -98,8 +97,7 @@ def _saturate(x, params, rngs, pset):
 
 @register("contrast", "digital", 11, {"cifar": [0.75, 0.5, 0.4, 0.3, 0.15],
                                       "tin": [0.4, 0.3, 0.2, 0.1, 0.05],
-                                      "in": [0.4, 0.3, 0.2, 0.1, 0.05]},
-          deterministic=True, monotone=True)
+                                      "in": [0.4, 0.3, 0.2, 0.1, 0.05]}, deterministic=True, monotone=True)
 def _contrast(x, c, rngs, pset):
     n, h, w, _ = x.shape
     out = np.empty(x.shape, np.uint8)
@@ -220,8 +218,7 @@ def _bilinear_reflect_fields(img: np.ndarray, fields: np.ndarray) -> np.ndarray:
 
 @register("pixelate", "digital", 13, {"cifar": [0.95, 0.9, 0.85, 0.75, 0.65],
                                       "tin": [0.9, 0.8, 0.7, 0.6, 0.5],
-                                      "in": [0.6, 0.5, 0.4, 0.3, 0.25]},
-          deterministic=True, monotone=True)
+                                      "in": [0.6, 0.5, 0.4, 0.3, 0.25]}, deterministic=True, monotone=True)
 def _pixelate(x, f, rngs, pset):
     n, h, w, _ = x.shape
     small = (int(w * f), int(h * f))
@@ -231,8 +228,7 @@ def _pixelate(x, f, rngs, pset):
 
 @register("jpeg_compression", "digital", 14, {"cifar": [80, 65, 58, 50, 40],
                                               "tin": [65, 58, 50, 40, 25],
-                                              "in": [25, 18, 15, 10, 7]},
-          deterministic=True, monotone=True)
+                                              "in": [25, 18, 15, 10, 7]}, deterministic=True, monotone=True)
 def _jpeg(x, quality, rngs, pset):
     """PIL JPEG at ``quality`` (4:2:0, baseline, standard tables) and back, through OpenCV's
     codec: the same libjpeg(-turbo) settings, so the same bytes and pixels as PIL with the pinned

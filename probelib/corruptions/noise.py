@@ -12,8 +12,7 @@ from probelib.corruptions.registry import register
 
 @register("gaussian_noise", "noise", 0, {"cifar": [0.04, 0.06, 0.08, 0.09, 0.1],
                                          "tin": [0.04, 0.08, 0.12, 0.15, 0.18],
-                                         "in": [0.08, 0.12, 0.18, 0.26, 0.38]},
-          monotone=True)
+                                         "in": [0.08, 0.12, 0.18, 0.26, 0.38]}, monotone=True)
 def _gaussian_noise(x, sigma, rngs, pset):
     out = np.empty(x.shape, np.uint8)
     for sl, noise in _draw_blocks(x, rngs, x.shape[1:], np.float32,
@@ -28,8 +27,7 @@ def _gaussian_noise(x, sigma, rngs, pset):
 
 @register("speckle_noise", "noise", 15, {"cifar": [0.06, 0.1, 0.12, 0.16, 0.2],
                                          "tin": [0.15, 0.2, 0.25, 0.3, 0.35],
-                                         "in": [0.15, 0.2, 0.35, 0.45, 0.6]},
-          benchmark=False, monotone=True)
+                                         "in": [0.15, 0.2, 0.35, 0.45, 0.6]}, benchmark=False, monotone=True)
 def _speckle_noise(x, sigma, rngs, pset):
     out = np.empty(x.shape, np.uint8)
     for sl, noise in _draw_blocks(x, rngs, x.shape[1:], np.float32,
@@ -87,8 +85,7 @@ def _shot_tables(c: float) -> tuple[np.ndarray, np.ndarray]:
 
 @register("shot_noise", "noise", 1, {"cifar": [500, 250, 100, 75, 50],
                                      "tin": [250, 100, 50, 30, 15],
-                                     "in": [60, 25, 12, 5, 3]},
-          monotone=True)
+                                     "in": [60, 25, 12, 5, 3]}, monotone=True)
 def _shot_noise(x, c, rngs, pset):
     cdf, guide = _shot_tables(c)
     out = np.empty(x.shape, np.uint8)
@@ -123,8 +120,7 @@ def _shot_noise(x, c, rngs, pset):
 
 @register("impulse_noise", "noise", 2, {"cifar": [0.01, 0.02, 0.03, 0.05, 0.07],
                                         "tin": [0.01, 0.02, 0.05, 0.08, 0.14],
-                                        "in": [0.03, 0.06, 0.09, 0.17, 0.27]},
-          monotone=True)
+                                        "in": [0.03, 0.06, 0.09, 0.17, 0.27]}, monotone=True)
 def _impulse_noise(x, amount, rngs, pset):
     # per element: flipped ~ Bernoulli(amount), then salt ~ Bernoulli(½) → 255 else 0 (two
     # r.random(shape) draws per image, as skimage's random_noise(mode="s&p") with rng=r);

@@ -33,8 +33,7 @@ def _luma_f32(x: np.ndarray) -> np.ndarray:
                                  "in": [(0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
                                         (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
                                         (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
-                                        (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)]},
-          monotone=True)
+                                        (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)]}, monotone=True)
 def _snow(x, params, rngs, pset):
     mu, sd, zoom, thr, radius, sigma_m, blend = params
     n, h, w, _ = x.shape
@@ -174,8 +173,7 @@ def plasma_fractal(uniform: np.ndarray, mapsize: int, decay: float) -> np.ndarra
 
 @register("fog", "weather", 9, {"cifar": [(0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)],
                                 "tin": [(0.4, 3), (0.7, 3), (1, 2.5), (1.5, 2), (2, 1.75)],
-                                "in": [(1.5, 2), (2, 2), (2.5, 1.7), (2.5, 1.5), (3, 1.4)]},
-          monotone=True)
+                                "in": [(1.5, 2), (2, 2), (2.5, 1.7), (2.5, 1.5), (3, 1.4)]}, monotone=True)
 def _fog(x, params, rngs, pset):
     strength, decay = params
     n, h, w, _ = x.shape
@@ -230,8 +228,7 @@ def _water_mask(liquid: np.ndarray) -> np.ndarray:
                                              (0.65, 0.1, 0.5, 0.67, 0.6, 1)],
                                      "in": [(0.65, 0.3, 4, 0.69, 0.6, 0), (0.65, 0.3, 3, 0.68, 0.6, 0),
                                             (0.65, 0.3, 2, 0.68, 0.5, 0), (0.65, 0.3, 1, 0.65, 1.5, 1),
-                                            (0.67, 0.4, 1, 0.65, 1.5, 1)]},
-          benchmark=False, may_be_nan=True)
+                                            (0.67, 0.4, 1, 0.65, 1.5, 1)]}, benchmark=False, may_be_nan=True)
 def _spatter(x, params, rngs, pset):
     mu, sd, blur, thr, k, mud = params
     n, h, w, _ = x.shape

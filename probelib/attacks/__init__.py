@@ -15,6 +15,10 @@
 - :func:`closest_adversarial` — NCG's ``get_rob``: sample correctly classified training points
   that are the nearest neighbour of some OOD image, and find their closest adversarial examples.
 
+Every attack returns an :class:`AttackResult` (adversarial images, success mask, norms).
+Modules: ``_common`` (checks, projection, :class:`AttackResult`), ``pgd``, ``minimum_norm`` (CW,
+FMN, DDN, best-of), ``robustness`` (``get_rob``, Fig. 3 pairs, :class:`RobustnessSummary`).
+
 The model is put in eval mode for every attack and the caller's mode is restored afterwards;
 no gradient accumulates in the model's parameters.
 """

@@ -16,6 +16,12 @@ S = max(H, W) ≤ 32, Tiny-ImageNet set for S ≤ 64, ImageNet set above).
 - Analysis helpers for the corrupted-data NCG study (NCG paper §1.4, Table 4 / Fig. 6):
   :func:`setting_stats`, :func:`robust_vs_natural`, :func:`severity_slopes`.
 
+Layout: ``registry.py`` (:class:`Corruption`, the one :data:`REGISTRY` every name list, group and
+parameter table derives from), ``noise.py`` / ``blur.py`` / ``weather.py`` / ``digital.py`` (one
+algorithm per corruption, registered beside its function), ``_kernels.py`` and ``streams.py`` (their
+shared numerics and per-image random streams), ``generator.py`` (:func:`corrupt`), ``sets.py`` and
+``manifest.py`` (readers, writer, CLI), ``study.py`` (the NCG study and gallery helpers).
+
 Row layout of a written ``<name>.npy``: severity-major blocks of N rows, one block per severity
 listed in the JSON sidecar ``<name>.json`` (all five, 1..5, unless ``--severities`` asked for
 fewer); without a sidecar (the published sets) the blocks are severities 1..5.

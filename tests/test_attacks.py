@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -15,7 +16,7 @@ from probelib._util import UnknownNameError
 from probelib.attacks import (AttackResult, ClosestAdversarial, best_of_l2, closest_adversarial,
                               closest_adversarial_cached,
                               cw_l2, ddn_l2, fmn_l2, pgd, radius_far_below, radius_vs_ood_distance,
-                              robustness_summary)
+                              robustness_summary, robustness_table)
 from probelib.data import load_dataset
 from probelib.metrics import predict_labels
 
@@ -29,39 +30,12 @@ def predict(model, x):
 # fixtures
 # ---------------------------------------------------------------------------------------------
 
-def _linear_problem(n_keep: int = 16):
-    """A 10-class linear model on 28×28 inputs and points whose boundary distance is known.
-
-    Distance of x to {argmax ≠ y} = min_j (z_y − z_j)/‖w_y − w_j‖ (a union of half-spaces), valid
-    because the closest boundary point stays inside [0, 1] (checked). Keeps points at distances
-    0.3–3, the range of MNIST robust radii.
-    """
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-    with torch.no_grad():
-        model[1].weight.mul_(0.5)
-    gen = torch.Generator().manual_seed(1)
-    x = 0.25 + 0.5 * torch.rand(200, 1, 28, 28, generator=gen)
-    with torch.no_grad():
-        z = model(x)
-        y = z.argmax(1)
-        w = model[1].weight
-        margin = z.gather(1, y[:, None]) - z
-        ratio = (margin / (w[y][:, None, :] - w[None]).norm(dim=2)).masked_fill(
-            F.one_hot(y, 10).bool(), float("inf"))
-        dist, j = ratio.min(1)
-        unit = (w[j] - w[y]) / (w[j] - w[y]).norm(dim=1, keepdim=True)
-        foot = x.flatten(1) + dist[:, None] * unit
-    keep = ((dist > 0.3) & (dist < 3) & (foot >= 0).all(1) & (foot <= 1).all(1)).nonzero()[:, 0][:n_keep]
-    assert len(keep) == n_keep
-    return model, x[keep], y[keep], dist[keep]
-
-
-def _linear_problem_at(shape: tuple[int, ...], n_keep: int = 12, lo: float = 0.05, hi: float = 3.0,
-                       seed: int = 0):
+def _linear_problem(shape: tuple[int, ...] = (1, 28, 28), n_keep: int = 12, lo: float = 0.05, hi: float = 3.0,
+                    seed: int = 0):
     """A 10-class linear model on inputs of ``shape`` and points whose boundary distances spread
-    log-uniformly over [lo, hi] (as in :func:`_linear_problem`: the analytic distance is
-    min_j (z_y − z_j)/‖w_y − w_j‖, valid because its foot point stays inside [0, 1], checked).
+    log-uniformly over [lo, hi]: the analytic distance of x to {argmax ≠ y} is
+    min_j (z_y − z_j)/‖w_y − w_j‖ (a union of half-spaces), valid because its foot point stays
+    inside [0, 1] (checked).
 
     Each point starts at mid-grey ± 0.25 and is moved (five times) along the normal of its nearest
     boundary towards a target distance; the distances are then recomputed from scratch."""
@@ -143,7 +117,7 @@ def _correct_test_points(model, splits, n):
 
 @pytest.mark.slow
 def test_cw_l2_default_matches_analytic_distance_of_linear_model():
-    model, x, y, dist = _linear_problem()
+    model, x, y, dist = _linear_problem(n_keep=16, lo=0.3)  # MNIST robust radii
     res = cw_l2(model, x, y, progress=False)
     assert isinstance(res, AttackResult) and res.success.all()
     rel = (res.norms / dist - 1).abs()
@@ -161,7 +135,7 @@ LINEAR_SCALES = [((1, 8, 8), 1.5), ((1, 28, 28), 3.0), ((3, 32, 32), 3.0)]  # (s
 @pytest.mark.parametrize("shape,hi", LINEAR_SCALES, ids=["8x8", "28x28", "3x32x32"])
 def test_cw_l2_defaults_find_analytic_distance_from_8x8_to_cifar_scale(shape, hi):
     # distances 0.05..hi: below lr·sqrt(pixels)/2 Adam's first step alone overshoots (issue 16)
-    model, x, y, dist = _linear_problem_at(shape, hi=hi)
+    model, x, y, dist = _linear_problem(shape, hi=hi)
     res = cw_l2(model, x, y, progress=False)
     assert res.success.all()
     rel = (res.norms / dist - 1).abs()
@@ -178,7 +152,7 @@ def test_study_attack_finds_analytic_distance_from_8x8_to_cifar_scale(shape, hi)
 
     from probelib.attacks import min_norm_attack
     study = inspect.signature(closest_adversarial).parameters["attack"].default  # notebook 10's default
-    model, x, y, dist = _linear_problem_at(shape, hi=hi)
+    model, x, y, dist = _linear_problem(shape, hi=hi)
     res = min_norm_attack(study)(model, x, y, progress=False)
     assert res.success.all()
     rel = (res.norms / dist - 1).abs()
@@ -187,7 +161,7 @@ def test_study_attack_finds_analytic_distance_from_8x8_to_cifar_scale(shape, hi)
 
 @pytest.mark.slow
 def test_cw_l2_exact_foolbox_keeps_foolbox_mechanics():
-    model, x, y, dist = _linear_problem_at((3, 32, 32), n_keep=4, hi=0.2)
+    model, x, y, dist = _linear_problem((3, 32, 32), n_keep=4, hi=0.2)
     exact = cw_l2(model, x, y, progress=False, exact_foolbox=True)
     default = cw_l2(model, x, y, progress=False)
     assert exact.success.all() and (default.norms <= exact.norms * (1 + 1e-6)).all()
@@ -199,7 +173,7 @@ def test_cw_l2_exact_foolbox_keeps_foolbox_mechanics():
 
 @pytest.mark.parametrize("attack", [fmn_l2])
 def test_fast_attack_matches_analytic_distance_of_linear_model(attack):
-    model, x, y, dist = _linear_problem()
+    model, x, y, dist = _linear_problem(n_keep=16, lo=0.3)  # MNIST robust radii
     res = attack(model, x, y, progress=False)
     assert res.success.all()
     assert ((res.norms / dist - 1).abs() < 0.01).all()
@@ -292,15 +266,20 @@ def test_pgd_stays_in_ball_and_box_and_restarts_never_lower_loss(digits_model, n
     eps = 1.0 if norm == "l2" else 0.1
     one = pgd(model, x, y, eps, norm=norm, steps=5, generator=torch.Generator().manual_seed(3))
     three = pgd(model, x, y, eps, norm=norm, steps=5, restarts=3, generator=torch.Generator().manual_seed(3))
-    for adv in (one, three):
+    for res in (one, three):
+        assert isinstance(res, AttackResult) and len(res) == len(x)
+        adv = res.x_adv
+        with torch.no_grad():
+            assert torch.equal(res.success, model(adv).argmax(1) != y)
         delta = (adv - x).flatten(1)
         size = delta.norm(dim=1) if norm == "l2" else delta.abs().amax(1)
-        assert (size <= eps * (1 + 1e-5)).all()
+        assert (size <= eps * (1 + 1e-5)).all() and torch.allclose(res.norms, size)
         assert adv.min() >= 0 and adv.max() <= 1
+    assert one.success.any()
     with torch.no_grad():
         loss_clean = F.cross_entropy(model(x), y, reduction="none")
-        loss_one = F.cross_entropy(model(one), y, reduction="none")
-        loss_three = F.cross_entropy(model(three), y, reduction="none")
+        loss_one = F.cross_entropy(model(one.x_adv), y, reduction="none")
+        loss_three = F.cross_entropy(model(three.x_adv), y, reduction="none")
     assert (loss_three >= loss_one - 1e-6).all()
     assert loss_one.mean() > loss_clean.mean()
 
@@ -437,10 +416,14 @@ def test_radius_vs_ood_distance_pairs_and_summary():
     assert pairs["within_radius"].tolist() == [True, False, False, True]
     assert pairs["ncg_correct"].tolist() == [True, True, False, True]
     summary = robustness_summary(rob, pairs, ncg=0.5)
-    assert summary["attacked"] == 3 and summary["failed"] == 1
-    assert summary["mean radius"] == 2.0 and summary["mean distance"] == np.mean([0.5, 2.0, 4.0, 2.5])
-    assert summary["XD"] == 0.5 and summary["covered"] == 0.5 and summary["NCG"] == 0.5
+    assert summary.attacked == 3 and summary.failed == 1
+    assert summary.mean_radius == 2.0 and summary.mean_distance == np.mean([0.5, 2.0, 4.0, 2.5])
+    assert summary.xd == 0.5 and summary.covered == 0.5 and summary.ncg == 0.5
     assert not radius_far_below(summary)
-    assert radius_far_below({**summary, "mean radius": 0.1, "XD": 0.0})
+    assert radius_far_below(dataclasses.replace(summary, mean_radius=0.1, xd=0.0))
+    table = robustness_table({"natural": summary}, attack="fmn+ddn")
+    assert list(table.columns) == ["attacked", "failed", "mean radius", "median radius", "OOD points",
+                                   "mean distance", "XD", "covered", "NCG", "attack"]
+    assert table.index.name == "method" and table.loc["natural", "mean radius"] == 2.0
     with pytest.raises(ValueError, match="one entry per OOD point"):
         radius_vs_ood_distance(rob, nn_indices, distances[:3], preds, train_y)

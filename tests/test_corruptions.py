@@ -8,6 +8,7 @@ import colorsys
 import io
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -17,7 +18,8 @@ from PIL import Image
 
 from probelib import corruptions as C
 from probelib.corruptions import CORRUPTIONS, DETERMINISTIC, corrupt, load_corrupted
-from probelib.corruptions import generator as G
+from probelib.corruptions import _kernels as K
+from probelib.corruptions import blur, digital, noise, streams, weather
 
 RANDOM = [c for c in CORRUPTIONS if c not in DETERMINISTIC]
 
@@ -38,6 +40,70 @@ def natural_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.stack(out)
 
 
+# --------------------------------------------------------------------------- plain references
+# Per-formula versions of the generator's fast paths; the tests check both give the same values.
+def _zoom_hwk(x: np.ndarray, z: float) -> np.ndarray:
+    """``clipped_zoom`` of H×W×K stacks (images and channels on the last axis)."""
+    r0, r1, fr = K._zoom_taps(x.shape[0], z)
+    y = x[r0] * (1 - fr)[:, None, None] + x[r1] * fr[:, None, None]
+    c0, c1, fc = K._zoom_taps(x.shape[1], z)
+    return y[:, c0] * (1 - fc)[None, :, None] + y[:, c1] * fc[None, :, None]
+
+
+def _to_hwk(x: np.ndarray) -> np.ndarray:
+    n, h, w, c = x.shape
+    return np.ascontiguousarray(x.transpose(1, 2, 0, 3)).reshape(h, w, n * c)
+
+
+def _from_hwk(y: np.ndarray, n: int) -> np.ndarray:
+    h, w, _ = y.shape
+    return y.reshape(h, w, n, -1).transpose(2, 0, 1, 3)
+
+
+def _clipped_zoom(x: np.ndarray, z: float) -> np.ndarray:
+    """``clipped_zoom`` of the originals on a batch N×H×W×C, per axis (works for non-square)."""
+    if z == 1:
+        return x.astype(np.float64, copy=True)
+    return _from_hwk(_zoom_hwk(_to_hwk(x.astype(np.float64)), z), x.shape[0])
+
+
+def _rgb_to_hsv(x: np.ndarray) -> np.ndarray:
+    """RGB [0, 1] → HSV, all in [0, 1] (skimage's definition), float64, any leading shape."""
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    v = np.maximum(np.maximum(r, g), b)
+    delta = v - np.minimum(np.minimum(r, g), b)
+    safe = np.where(delta == 0, 1.0, delta)
+    hue = np.where(b == v, 4.0 + (r - g) / safe,
+                   np.where(g == v, 2.0 + (b - r) / safe, (g - b) / safe))
+    hue = np.where(delta == 0, 0.0, (hue / 6.0) % 1.0)
+    sat = np.where(v == 0, 0.0, delta / np.where(v == 0, 1.0, v))
+    return np.stack([hue, sat, v], axis=-1)
+
+
+# per sector 0..5 of the hue: which of (v, q, p, t) is R, G, B
+_HSV_PICK = np.array([[0, 1, 2, 2, 3, 0], [3, 0, 0, 1, 2, 2], [2, 2, 3, 0, 0, 1]])
+
+
+def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """HSV [0, 1] → RGB [0, 1] (inverse of :func:`_rgb_to_hsv`)."""
+    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    sector = np.floor(h * 6)
+    f = h * 6 - sector
+    sector = sector.astype(np.int64) % 6
+    cands = np.stack([v, v * (1 - f * s), v * (1 - s), v * (1 - (1 - f) * s)])   # v, q, p, t
+    pick = _HSV_PICK[:, sector]                                                  # 3 × ...
+    return np.moveaxis(np.take_along_axis(cands, pick, axis=0), 0, -1)
+
+
+def _hsv_apply(x: np.ndarray, fn: Callable[[np.ndarray], None]) -> np.ndarray:
+    """RGB [0, 1] → HSV, ``fn`` edits it in place, → RGB, clipped and scaled to [0, 255].
+
+    The plain reference of ``digital._hsv_edit`` (which brightness and saturate use)."""
+    hsv = _rgb_to_hsv(x)
+    fn(hsv)
+    return np.clip(_hsv_to_rgb(hsv), 0, 1) * 255
+
+
 def mean_change(x, c, s, seed=0):
     return float(np.abs(corrupt(x, c, s, seed).astype(float) - x).mean())
 
@@ -49,6 +115,31 @@ def test_names_groups():
     assert [C.corruption_group(c) for c in ("shot_noise", "zoom_blur", "fog", "pixelate")] == \
         ["noise", "blur", "weather", "digital"]
     assert sum(len(v) for v in C.GROUPS.values()) == 19 and len(DETERMINISTIC) == 8
+    assert [C.REGISTRY[c].index for c in CORRUPTIONS] == list(range(19))
+    assert C.REGISTRY["spatter"].family == "weather" and C.corruption_group("spatter") == "extra"
+    assert len(C.MONOTONE) == 13 and set(C.MONOTONE) <= set(CORRUPTIONS)
+
+
+def test_bytes_match_the_recorded_generator():
+    """Every corruption × severity on grey, CIFAR-, Tiny-ImageNet- and ImageNet-sized inputs gives the
+    bytes the generator gave when tests/corruption_hashes.json was recorded (before the registry split)."""
+    import hashlib
+
+    record = json.loads((Path(__file__).parent / "corruption_hashes.json").read_text())
+    rng = np.random.default_rng(1234)
+    inputs = {"cifar_rgb": rng.integers(0, 256, (3, 12, 14, 3), dtype=np.uint8),
+              "cifar_grey": rng.integers(0, 256, (2, 16, 16), dtype=np.uint8),
+              "tin_rgb": rng.integers(0, 256, (1, 40, 36, 3), dtype=np.uint8),
+              "in_rgb": rng.integers(0, 256, (1, 66, 70, 3), dtype=np.uint8)}
+    same_codec = record["opencv"] == cv2.__version__   # JPEG bytes depend on the libjpeg build
+    for key, x in inputs.items():
+        for c in CORRUPTIONS:
+            if c == "jpeg_compression" and not same_codec:
+                continue
+            for s in range(1, 6):
+                y = corrupt(x, c, s, seed=7, first_index=5)
+                got = hashlib.sha256(y.tobytes()).hexdigest()[:16] + f":{y.shape}"
+                assert got == record["hashes"][f"{key}/{c}/{s}"], (key, c, s)
 
 
 def test_bad_inputs():
@@ -216,7 +307,7 @@ def test_glass_blur_matches_sequential_loop():
         img = rng.integers(0, 256, (3, h, w, 3)).astype(np.uint8)
         npos = (h - 2 * delta) * (w - 2 * delta)
         d = rng.integers(-delta, delta, size=(3, npos, 2))
-        src = G._glass_sources(h, w, delta, d)
+        src = blur._glass_sources(h, w, delta, d)
         fast = np.take_along_axis(img.reshape(3, h * w, 3), src[:, :, None], axis=1).reshape(img.shape)
         for b in range(3):
             ref, k = img[b].copy(), 0
@@ -231,7 +322,7 @@ def test_glass_blur_matches_sequential_loop():
 def test_image_streams_equal_default_rng():
     """The batch-seeded per-image generators are default_rng([seed, corruption, severity, index])."""
     for seed, first in ((0, 0), (7, 2 ** 32 - 3), (2 ** 40, 5)):
-        for k, g in enumerate(G._ImageStreams(seed, 4, 3, first, 5)):
+        for k, g in enumerate(streams._ImageStreams(seed, 4, 3, first, 5)):
             np.testing.assert_array_equal(g.random(4), np.random.default_rng([seed, 4, 3, first + k]).random(4))
 
 
@@ -240,7 +331,7 @@ def test_shot_noise_is_the_poisson_level_distribution():
     from scipy import stats
 
     c = C.PARAMS["shot_noise"]["cifar"][4]
-    cdf = G._shot_tables(c)[0].reshape(256, 256)
+    cdf = noise._shot_tables(c)[0].reshape(256, 256)
     k = np.arange(4 * c)
     level = (np.clip(k / c, 0, 1) * 255).astype(np.uint8)
     for v in (0, 1, 77, 200, 255):
@@ -263,11 +354,11 @@ def test_hsv_fast_path_equals_reference_formulas():
     for delta in (0.05, 0.2, 0.5):
         def f(hsv):
             hsv[..., 2] = np.clip(hsv[..., 2] + delta, 0, 1)
-        np.testing.assert_array_equal(G._hsv_edit(rgb, brightness=delta), np.uint8(G._hsv_apply(rgb / 255.0, f)))
+        np.testing.assert_array_equal(digital._hsv_edit(rgb, brightness=delta), np.uint8(_hsv_apply(rgb / 255.0, f)))
     for mul, add in ((0.1, 0), (2.5, 0.2), (30, 0.2)):
         def f(hsv):
             hsv[..., 1] = np.clip(hsv[..., 1] * mul + add, 0, 1)
-        np.testing.assert_array_equal(G._hsv_edit(rgb, saturation=(mul, add)), np.uint8(G._hsv_apply(rgb / 255.0, f)))
+        np.testing.assert_array_equal(digital._hsv_edit(rgb, saturation=(mul, add)), np.uint8(_hsv_apply(rgb / 255.0, f)))
 
 
 def test_motion_blur_equals_float64_tap_sum():
@@ -279,7 +370,7 @@ def test_motion_blur_equals_float64_tap_sum():
     angles = np.random.default_rng(4).uniform(-45, 45, 64)
     angles[:4] = [-45, 45, 0, 44.9999]
     for radius, sigma in ((6, 1), (9, 2.5), (14, 12)):
-        weights, dy, dx = G._motion_taps(radius, sigma, angles)
+        weights, dy, dx = K._motion_taps(radius, sigma, angles)
         pad = int(np.abs(np.concatenate([dy, dx])).max())
         ref = []
         for im, oy, ox in zip(x, dy, dx):
@@ -288,7 +379,7 @@ def test_motion_blur_equals_float64_tap_sum():
             for wk, a, b in zip(weights, oy, ox):
                 acc += wk * p[pad + a:pad + a + 32, pad + b:pad + b + 32]
             ref.append(np.floor(np.rint(257.0 * acc) / 257.0).clip(0, 255).astype(np.uint8))
-        np.testing.assert_array_equal(G._motion_blur(x, radius, sigma, angles), np.stack(ref))
+        np.testing.assert_array_equal(K._motion_blur(x, radius, sigma, angles), np.stack(ref))
 
 
 # --------------------------------------------------------------------------- unit checks (spec §5)
@@ -310,14 +401,14 @@ def test_zoom_matches_scipy_zoom():
             zz = zoom(im[t:t + ch, l:l + cw], (z, z, 1), order=1)
             tt, tl = (zz.shape[0] - 20) // 2, (zz.shape[1] - 17) // 2
             ref.append(zz[tt:tt + 20, tl:tl + 17])
-        np.testing.assert_allclose(G._clipped_zoom(x, z), np.stack(ref), atol=1e-12)
+        np.testing.assert_allclose(_clipped_zoom(x, z), np.stack(ref), atol=1e-12)
 
 
 def test_motion_blur_kernel_formula():
     img = np.zeros((1, 9, 40, 1), np.uint8)
     img[0, 4, 30] = 255
     radius, sigma = 6, 2.0
-    out = G._motion_blur(img, radius, sigma, np.array([0.0]))[0, 4, :, 0]
+    out = K._motion_blur(img, radius, sigma, np.array([0.0]))[0, 4, :, 0]
     i = np.arange(2 * math.ceil(radius) + 1)
     w = np.exp(-i ** 2 / (2 * sigma ** 2))
     w /= w.sum()
@@ -327,12 +418,12 @@ def test_motion_blur_kernel_formula():
     # 90°: taps go down the rows (row index grows downward)
     img2 = np.zeros((1, 40, 9, 1), np.uint8)
     img2[0, 30, 4] = 255
-    col = G._motion_blur(img2, radius, sigma, np.array([90.0]))[0, :, 4, 0]
+    col = K._motion_blur(img2, radius, sigma, np.array([90.0]))[0, :, 4, 0]
     np.testing.assert_array_equal(col, expect)
 
 
 def test_plasma_and_noise_statistics():
-    u = np.random.default_rng(0).random((4, G._plasma_draw_count(32)))
+    u = np.random.default_rng(0).random((4, weather._plasma_draw_count(32)))
     maps = C.plasma_fractal(u, 32, 2.0)
     assert maps.shape == (4, 32, 32) and maps.min() == 0 and np.allclose(maps.max(axis=(1, 2)), 1)
     x = np.full((64, 32, 32, 3), 128, np.uint8)

@@ -112,13 +112,13 @@ def test_feature_space_adversaries_are_not_boxed_to_the_unit_interval():
     x = 5 + torch.rand(8, 6)  # features far outside [0, 1]
     y = torch.zeros(8, dtype=torch.long)
     g = torch.Generator().manual_seed(0)
-    for x_adv in (pgd(model, x, y, eps=0.5, generator=g), trades_adversary(model, x, eps=0.5, generator=g)):
+    for x_adv in (pgd(model, x, y, eps=0.5, generator=g).x_adv, trades_adversary(model, x, eps=0.5, generator=g)):
         assert x_adv.min() > 4  # not clipped into [0, 1]
         assert ((x_adv - x).norm(dim=1) <= 0.5 + 1e-5).all() and ((x_adv - x).norm(dim=1) > 0.1).all()
     images = torch.rand(4, 1, 6, 1)
     img_model = nn.Sequential(nn.Flatten(), model)
-    assert 0 <= pgd(img_model, images, y[:4], eps=3.0, generator=g).min()
-    assert pgd(img_model, images, y[:4], eps=3.0, generator=g).max() <= 1
+    assert 0 <= pgd(img_model, images, y[:4], eps=3.0, generator=g).x_adv.min()
+    assert pgd(img_model, images, y[:4], eps=3.0, generator=g).x_adv.max() <= 1
     with pytest.raises(ValueError, match="bounds"):
         pgd(model, x, y, eps=0.5, bounds=(1, 0))
 
@@ -204,7 +204,7 @@ def test_trades_and_at_are_more_robust_than_natural(tmp_path):
         if test_x is None:
             test = cfg.prepare(splits).test
             test_x, test_y = test.x, test.y
-        adv = pgd(model, test_x, test_y, 2.0, generator=torch.Generator().manual_seed(0))
+        adv = pgd(model, test_x, test_y, 2.0, generator=torch.Generator().manual_seed(0)).x_adv
         with torch.no_grad():
             robust[method] = (model(adv).argmax(1) == test_y).float().mean().item()
         assert history["test_acc"].iloc[-1] > 0.8, (method, history)

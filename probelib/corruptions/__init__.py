@@ -16,18 +16,26 @@ S = max(H, W) ≤ 32, Tiny-ImageNet set for S ≤ 64, ImageNet set above).
 - Analysis helpers for the corrupted-data NCG study (NCG paper §1.4, Table 4 / Fig. 6):
   :func:`setting_stats`, :func:`robust_vs_natural`, :func:`severity_slopes`.
 
+Layout: ``registry.py`` (:class:`Corruption`, the one :data:`REGISTRY` every name list, group and
+parameter table derives from), ``noise.py`` / ``blur.py`` / ``weather.py`` / ``digital.py`` (one
+algorithm per corruption, registered beside its function), ``_kernels.py`` and ``streams.py`` (their
+shared numerics and per-image random streams), ``generator.py`` (:func:`corrupt`), ``sets.py`` and
+``manifest.py`` (readers, writer, CLI), ``study.py`` (the NCG study and gallery helpers).
+
 Row layout of a written ``<name>.npy``: severity-major blocks of N rows, one block per severity
 listed in the JSON sidecar ``<name>.json`` (all five, 1..5, unless ``--severities`` asked for
 fewer); without a sidecar (the published sets) the blocks are severities 1..5.
 """
 
-from probelib.corruptions.generator import (BENCHMARK, CORRUPTIONS, DETERMINISTIC, EXTRA, FROST_FILES,
-                                            GROUPS, PARAMS, SEVERITIES, corrupt, corruption_group,
-                                            corruption_names, frost_textures, parameter_set,
-                                            plasma_fractal, severity_parameters, zoom_factors)
+from probelib.corruptions.blur import zoom_factors
+from probelib.corruptions.generator import (BENCHMARK, CORRUPTIONS, DETERMINISTIC, EXTRA, GROUPS, MONOTONE, PARAMS,
+                                            SEVERITIES, corrupt, corruption_group, corruption_names, parameter_set,
+                                            severity_parameters)
+from probelib.corruptions.registry import FAMILIES, REGISTRY, Corruption
+from probelib.corruptions.weather import FROST_FILES, frost_textures, plasma_fractal
 from probelib.corruptions.sets import (PUBLISHED, CorruptedSetError, add_cli, available_corruptions,
                                        corrupted_sets, ensure_mnist5k_c, load_corrupted, write_corrupted)
-from probelib.corruptions.study import (MONOTONE, compare_slopes, corrupted_ncg_table, plot_gallery,
+from probelib.corruptions.study import (compare_slopes, corrupted_ncg_table, plot_gallery,
                                         plot_severity_trends, robust_vs_natural, setting_stats,
                                         severity_change_table, severity_gallery, severity_slopes,
                                         to_uint8_images, ttest_counts)
@@ -39,5 +47,6 @@ __all__ = [
     "CorruptedSetError", "setting_stats", "robust_vs_natural", "severity_slopes", "add_cli",
     "severity_gallery", "plot_gallery", "severity_change_table", "to_uint8_images", "MONOTONE",
     "corrupted_ncg_table", "ttest_counts", "compare_slopes", "plot_severity_trends",
-    "PARAMS", "SEVERITIES", "PUBLISHED", "FROST_FILES", "frost_textures", "plasma_fractal", "zoom_factors",
+    "PARAMS", "SEVERITIES", "REGISTRY", "FAMILIES", "Corruption", "PUBLISHED", "FROST_FILES", "frost_textures",
+    "plasma_fractal", "zoom_factors",
 ]

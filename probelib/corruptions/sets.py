@@ -20,25 +20,24 @@ from tqdm.auto import tqdm
 from probelib._util import check_labels, unknown_name
 from probelib.corruptions.generator import (CORRUPTIONS, GENERATOR_VERSION, SEVERITIES, _check_corruption,
                                             _check_severity, corrupt, parameter_set, severity_parameters)
+from probelib.corruptions.manifest import (_MANIFEST_FORMAT, CorruptedSetError, _check_committed,
+                                           _file_entry, _matches, _read_manifest, _write_manifest)
 
 # --------------------------------------------------------------------------- readers
-class CorruptedSetError(ValueError):
-    """A corrupted set on disk is damaged or inconsistent (the message names the file)."""
-
-
 @dataclass(frozen=True)
 class _Published:
     folder: str
     layout: str          # "npy" or "folders"
     source: str
+    num_classes: int | None = None   # labels are checked against it (npy sets)
 
 
 PUBLISHED: dict[str, _Published] = {
-    "cifar10-c": _Published("CIFAR-10-C", "npy", "https://zenodo.org/record/2535967"),
-    "cifar100-c": _Published("CIFAR-100-C", "npy", "https://zenodo.org/record/3555552"),
+    "cifar10-c": _Published("CIFAR-10-C", "npy", "https://zenodo.org/record/2535967", 10),
+    "cifar100-c": _Published("CIFAR-100-C", "npy", "https://zenodo.org/record/3555552", 100),
     "tinyimagenet-c": _Published("Tiny-ImageNet-C", "folders", "https://zenodo.org/record/2536630"),
     "imagenet-c": _Published("ImageNet-C", "folders", "https://zenodo.org/record/2235448"),
-    "mnist5k-c": _Published("mnist5k-c", "npy", "generated on first use by probelib (embedded)"),
+    "mnist5k-c": _Published("mnist5k-c", "npy", "generated on first use by probelib (embedded)", 10),
 }
 _LAYOUT_TEXT = {"npy": "<corruption>.npy (5·N×H×W×C uint8, severity-major) and labels.npy",
                 "folders": "<corruption>/<severity 1..5>/<wnid>/*.JPEG"}
@@ -77,114 +76,6 @@ def _read_sidecar(folder: Path, corruption: str) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CorruptedSetError(f"unreadable sidecar {path}: {err}; delete it and regenerate the set") from err
-
-
-# --------------------------------------------------------------------------- manifest
-# A set written by probelib is committed by ``manifest.json``, written last and atomically after
-# every corruption: it lists the size and SHA-256 of every file of the set (labels.npy, each
-# <corruption>.npy and its .json sidecar) and what the set was computed from. Readers use only
-# files the manifest lists and whose bytes match it; a crash at any point leaves either the
-# previous committed state or files the manifest does not list (ignored, then rewritten).
-MANIFEST = "manifest.json"
-_MANIFEST_FORMAT = "probelib corrupted set"
-
-
-def _regenerate_hint(folder: Path, meta: dict | None = None) -> str:
-    meta = meta or {}
-    args = [meta.get("dataset") or "<dataset>", "--split", meta.get("split") or "test", "--out", str(folder)]
-    if meta.get("severities") and list(meta["severities"]) != list(SEVERITIES):
-        args += ["--severities", ",".join(str(s) for s in meta["severities"])]
-    if meta.get("seed"):
-        args += ["--seed", str(meta["seed"])]
-    return (f"regenerate it with `python -m probelib corrupt {' '.join(args)} --corruptions ...` (or "
-            "write_corrupted with the same inputs), which rewrites only what is missing or damaged")
-
-
-def _read_manifest(folder: Path) -> dict | None:
-    """The parsed manifest, None when there is none; CorruptedSetError when it is malformed."""
-    path = folder / MANIFEST
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        raise CorruptedSetError(f"cannot read {path}: {err}; {_regenerate_hint(folder)}") from err
-    try:
-        record = json.loads(text)
-    except (ValueError, RecursionError) as err:
-        raise CorruptedSetError(f"{path} is not valid JSON ({err}); {_regenerate_hint(folder)}") from err
-    files = record.get("files") if isinstance(record, dict) else None
-    ok = (isinstance(record, dict) and record.get("format") == _MANIFEST_FORMAT and isinstance(record.get("meta"), dict)
-          and isinstance(files, dict) and all(
-              isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("sha256"), str)
-              and isinstance(v.get("size"), int) and not isinstance(v.get("size"), bool) for k, v in files.items()))
-    if not ok:
-        raise CorruptedSetError(f"{path} is not a probelib corrupted-set manifest; {_regenerate_hint(folder)}")
-    return record
-
-
-def _file_entry(path: Path) -> dict:
-    from probelib.data.fingerprint import file_digest
-
-    return {"size": path.stat().st_size, "sha256": file_digest(path)}
-
-
-def _matches(folder: Path, name: str, manifest: dict) -> bool:
-    """Whether ``folder/name`` is listed in ``manifest`` and its bytes are the ones listed."""
-    entry = manifest["files"].get(name)
-    path = folder / name
-    if entry is None:
-        return False
-    try:
-        return path.stat().st_size == entry["size"] and _file_entry(path)["sha256"] == entry["sha256"]
-    except OSError:
-        return False
-
-
-def _write_manifest(folder: Path, manifest: dict) -> None:
-    from probelib.store import write_text_atomic
-
-    write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
-
-
-def _probelib_written(folder: Path) -> bool:
-    """Whether a folder without a manifest holds probelib sidecars (an uncommitted probelib set)."""
-    for side in folder.glob("*.json"):
-        if side.stem in CORRUPTIONS:
-            try:
-                record = json.loads(side.read_text())
-            except (OSError, ValueError):
-                return True
-            if isinstance(record, dict) and "generator" in record:
-                return True
-    return False
-
-
-def _check_committed(folder: Path, corruption: str) -> None:
-    """Refuse a corruption of a probelib-written set unless the manifest commits its files as they are.
-    Sets without a manifest and without probelib sidecars (the published ones) pass unchecked."""
-    manifest = _read_manifest(folder)
-    if manifest is None:
-        if _probelib_written(folder):
-            raise CorruptedSetError(
-                f"{folder} was written by probelib but has no {MANIFEST} (the run was interrupted before it "
-                f"committed anything, or the manifest was deleted), so its files may disagree; "
-                f"{_regenerate_hint(folder)}")
-        return
-    meta = manifest["meta"]
-    names = ["labels.npy", f"{corruption}.npy", f"{corruption}.json"]
-    listed = [n for n in names if n in manifest["files"]]
-    if f"{corruption}.npy" not in listed and (folder / f"{corruption}.npy").exists():
-        raise CorruptedSetError(f"{folder / f'{corruption}.npy'} is not committed in {folder / MANIFEST} (its write "
-                                f"was interrupted, or it belongs to another run); {_regenerate_hint(folder, meta)}")
-    for name in names:
-        if name not in manifest["files"]:
-            raise CorruptedSetError(f"{folder / name} is not committed in {folder / MANIFEST}; "
-                                    f"{_regenerate_hint(folder, meta)}")
-        if not _matches(folder, name, manifest):
-            raise CorruptedSetError(f"{folder / name} does not match {folder / MANIFEST} (size or SHA-256 differ: "
-                                    f"damaged, truncated or replaced since it was written); "
-                                    f"{_regenerate_hint(folder, meta)}")
 
 
 def available_corruptions(dataset: str | os.PathLike, root=None) -> list[str]:
@@ -234,7 +125,7 @@ def _load_npy_set(folder: Path, corruption: str, severity: int):
     if labels.ndim != 1 or len(labels) not in (rows, n):
         raise CorruptedSetError(f"{labels_path} has shape {labels.shape}; expected ({rows},) or ({n},) "
                                 f"to match {path}")
-    num_classes = {"CIFAR-10-C": 10, "CIFAR-100-C": 100, "mnist5k-c": 10}.get(folder.name)
+    num_classes = next((p.num_classes for p in PUBLISHED.values() if p.folder == folder.name), None)
     try:  # integers in 0..C−1 (C known for the published sets), never rounded from floats
         check_labels(labels, num_classes, "labels", where=str(labels_path), allow_unseen=True)
     except ValueError as err:

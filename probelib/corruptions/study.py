@@ -135,11 +135,6 @@ def severity_change_table(images: np.ndarray, corruptions: Sequence[str] | None 
     return pd.DataFrame.from_dict(rows, orient="index", columns=[f"s{s}" for s in SEVERITIES])
 
 
-MONOTONE = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "defocus_blur",
-            "gaussian_blur", "zoom_blur", "snow", "fog", "brightness", "contrast", "pixelate",
-            "jpeg_compression")  # spec §5: strictly increasing mean change at 32 and 64 px
-
-
 # --------------------------------------------------------------------------- corrupted-data NCG study
 def corrupted_ncg_table(models: dict, train_x: torch.Tensor, train_y: torch.Tensor, corrupted: str | os.PathLike,
                         corruptions: Sequence[str] | None = None, severities: Sequence[int] = SEVERITIES,

@@ -83,7 +83,7 @@ def at_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, s
 
     The returned logits are those of the adversarial batch (train accuracy = robust accuracy).
     """
-    x_adv = pgd(model, x, y, eps, norm="l2", steps=steps, random_start=True, generator=generator)
+    x_adv = pgd(model, x, y, eps, norm="l2", steps=steps, random_start=True, generator=generator).x_adv
     logits = model(x_adv)
     return F.cross_entropy(logits, y), logits, y
 

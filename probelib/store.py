@@ -5,6 +5,9 @@ Every artifact lives at ``<root>/<kind>/<name>-<key[:16]><ext>`` where ``key`` i
 so a changed input never reuses a stale result. Beside each artifact a small JSON *seal*
 (``<file>.seal.json``) records its SHA-256; an artifact whose seal is missing or does not
 match (a crash between the two writes, a damaged file) is treated as absent and recomputed.
+The name only labels the file: an artifact asked for under one name is also found under any
+other name whose seal records the same key (:meth:`Store.twins`), so two notebooks that name
+one computation differently compute it once.
 
 Nothing here unpickles: arrays go through ``np.load(allow_pickle=False)``, records through JSON.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -347,13 +351,33 @@ class Store:
         except OSError:
             return False
 
+    def twins(self, kind: str, key: str, ext: str, but: Path | None = None) -> Iterator[Path]:
+        """Verified artifacts of ``kind`` stored under another name with this very ``key`` (its seal
+        records the full key): the key covers everything an artifact depends on and the name nothing,
+        so notebooks that name the same computation differently share one result."""
+        try:
+            candidates = sorted((self.root / kind).glob(f"*-{key[:16]}{ext}"))
+        except OSError:
+            return
+        for path in candidates:
+            if path == but:
+                continue
+            try:
+                record = json.loads(self._seal_path(path).read_text())
+            except (OSError, ValueError, RecursionError):
+                continue
+            if isinstance(record, dict) and isinstance(record.get("meta"), dict) \
+                    and record["meta"].get("key") == key and self.verify(path):
+                yield path
+
     def cached_arrays(self, kind: str, name: str, key: str,
                       compute: Callable[[], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """Load the arrays stored under (kind, name, key), or compute, store and return them."""
+        """Load the arrays stored under (kind, name, key) — or under another name with the same key
+        (:meth:`twins`) — or compute, store and return them."""
         path = self.path(kind, name, key, ".npz")
-        if self.verify(path):
+        for found in itertools.chain([path] if self.verify(path) else [], self.twins(kind, key, ".npz", but=path)):
             try:
-                with np.load(path, allow_pickle=False) as f:
+                with np.load(found, allow_pickle=False) as f:
                     return {k: f[k] for k in f.files}
             except (ValueError, OSError, EOFError, zipfile.BadZipFile):
                 pass  # sealed but unreadable (e.g. object arrays, which are never unpickled): recompute
@@ -369,11 +393,12 @@ class Store:
         return arrays
 
     def cached_json(self, kind: str, name: str, key: str, compute: Callable[[], Any]) -> Any:
-        """Load the JSON record stored under (kind, name, key), or compute, store and return it."""
+        """Load the JSON record stored under (kind, name, key) — or under another name with the same key
+        (:meth:`twins`) — or compute, store and return it."""
         path = self.path(kind, name, key, ".json")
-        if self.verify(path):
+        for found in itertools.chain([path] if self.verify(path) else [], self.twins(kind, key, ".json", but=path)):
             try:
-                return json.loads(path.read_text())
+                return json.loads(found.read_text())
             except (OSError, ValueError):
                 pass  # sealed but unreadable: recompute
         value = compute()

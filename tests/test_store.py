@@ -83,6 +83,34 @@ def test_cached_arrays_computes_once_and_recomputes_damaged(tmp_path):
     assert len(calls) == 2 and np.array_equal(third["dist"], first["dist"]) and store.verify(path)
 
 
+def test_same_key_under_another_name_is_shared_not_recomputed(tmp_path):
+    """Two notebooks naming one computation differently (``at`` vs ``AT(2)``) compute it once; a
+    twin is used only when its seal records the full key and its bytes verify."""
+    store = Store(tmp_path)
+    key, calls = "ab" * 32, []
+
+    def compute():
+        calls.append(1)
+        return {"pred": np.arange(4)}
+
+    store.cached_arrays("predictions", "set-at", key, compute)
+    shared = store.cached_arrays("predictions", "set-AT(2)", key, compute)
+    assert len(calls) == 1 and np.array_equal(shared["pred"], np.arange(4))
+    assert not store.path("predictions", "set-AT(2)", key, ".npz").exists()  # nothing copied
+    other = "ab" * 8 + "cd" * 24  # same 16-character file prefix, another key: not a twin
+    store.cached_arrays("predictions", "set-other", other, lambda: {"pred": np.zeros(2)})
+    assert store.cached_arrays("predictions", "set-x", other, compute)["pred"].shape == (2,)
+    twin = store.path("predictions", "set-at", key, ".npz")
+    twin.write_bytes(twin.read_bytes()[:-8])  # damaged: neither it nor a twin of it is used
+    store.path("predictions", "set-other", other, ".npz").rename(store.path("predictions", "moved", key, ".npz"))
+    store.cached_arrays("predictions", "set-y", key, compute)
+    assert len(calls) == 2
+    assert store.cached_json("records", "b", key, lambda: {"v": 2}) == {"v": 2}  # json twins too
+    store.path("records", "b", key, ".json").rename(store.path("records", "a", key, ".json"))
+    store.path("records", "b", key, ".json.seal.json").rename(store.path("records", "a", key, ".json.seal.json"))
+    assert store.cached_json("records", "c", key, lambda: {"v": 3}) == {"v": 2}
+
+
 def test_unsealed_artifact_counts_as_absent(tmp_path):
     store = Store(tmp_path)
     store.cached_json("tables", "t", "abc", lambda: {"x": 1})

@@ -82,6 +82,7 @@ def _methods() -> list[str]:
 
 
 _ARMS = ("source", "adabn", "adabn+aug")
+_ALL_ARMS = (*_ARMS, "norm", "tent")  # a study's arms: Burns & Steinhardt's and TENT's
 PARAMETER_RULES: dict[str, tuple[tuple[type, ...], Callable[[Any], bool] | None, str]] = {
     "smoke": ((bool,), None, "True or False"),
     "adabn": ((bool,), None, "True or False"),
@@ -93,6 +94,8 @@ PARAMETER_RULES: dict[str, tuple[tuple[type, ...], Callable[[Any], bool] | None,
     "severity": ((int,), _ints(1, 5), "an integer in 1..5"),
     "bn_severity": ((int,), _ints(1, 5), "an integer in 1..5"),
     "severities": (_LIST, lambda v: len(v) > 0 and _ints(1, 5)(v), "a non-empty list of integers in 1..5"),
+    "tent_severities": (_LIST + (type(None),), lambda v: v is None or (len(v) > 0 and _ints(1, 5)(v)),
+                        "None (every setting) or a non-empty list of integers in 1..5"),
     "n_images": ((int, type(None)), lambda v: v is None or v >= 1, "None (all) or an integer >= 1"),
     "n_points": ((int,), _ints(1), "an integer >= 1"),
     "n_bins": ((int,), _ints(1), "an integer >= 1"),
@@ -112,7 +115,7 @@ PARAMETER_RULES: dict[str, tuple[tuple[type, ...], Callable[[Any], bool] | None,
     "corruptions": (_LIST + (type(None),), lambda v: v is None or (len(v) > 0 and _names(_corruption_names)(v)),
                     "None (all) or a non-empty list of corruption names"),
     "arm": ((str,), _names(lambda: _ARMS), f"one of {', '.join(_ARMS)}"),
-    "arms": (_LIST, lambda v: len(v) > 0 and _names(lambda: _ARMS)(v), f"a non-empty list of {', '.join(_ARMS)}"),
+    "arms": (_LIST, lambda v: len(v) > 0 and _names(lambda: _ALL_ARMS)(v), f"a non-empty list of {', '.join(_ALL_ARMS)}"),
     "exclude": (_LIST, lambda v: len(v) > 0 and _names(lambda: ("last", "first"))(v), "a list of 'last', 'first'"),
     "borders": (_LIST, lambda v: len(v) > 0 and _names(lambda: ("none", "black", "white"))(v),
                 "a list of 'none', 'black', 'white'"),
@@ -138,7 +141,7 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
     return isinstance(value, tuple(t for t in types if t is not bool))
 
 
-_ELEMENTS = {**{k: int for k in ("severities", "ms", "ks", "held_out")},
+_ELEMENTS = {**{k: int for k in ("severities", "tent_severities", "ms", "ks", "held_out")},
              **{k: str for k in ("methods", "feature_methods", "corruptions", "arms", "exclude", "borders")}}
 
 

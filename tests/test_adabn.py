@@ -380,6 +380,21 @@ def _label_shift_row(m, k, gain, n_bn=3, exclude="last"):
             "momentum": "None (exact average)"}
 
 
+def test_label_shift_scores_m0_once_and_gives_both_ends_the_same_rows():
+    """m = 0 adapts every BN layer whichever end is excluded: the study scores it once and reports it
+    under both; those rows equal a study asked for one end only (the same numbers, computed directly)."""
+    model, x = tiny_bn_cnn(), data(n=40)
+    y = torch.arange(40) % 5
+    settings = dict(ks=(2, 5), ms=(0, 1), arms=("adabn", "adabn+aug"), adabn=AdaBNSettings(device="cpu"))
+    both = label_shift(model, x, y, exclude=("last", "first"), **settings)
+    alone = label_shift(model, x, y, exclude=("first",), **settings)
+    cols = ["k", "arm", "accuracy", "gained", "lost", "confidence", "ece"]
+    m0 = {e: both[(both.exclude == e) & (both.m == 0)][cols].reset_index(drop=True) for e in ("last", "first")}
+    pd.testing.assert_frame_equal(m0["last"], m0["first"])
+    pd.testing.assert_frame_equal(m0["first"], alone[alone.m == 0][cols].reset_index(drop=True))
+    assert len(both) == 2 * 2 * 2 * 2
+
+
 def test_label_shift_verdict_can_be_no_on_a_shallow_model():
     # AdaBN hurts at k=1; leaving the last layer unadapted hurts *more*; a row with m equal to the
     # depth adapts nothing (gain exactly 0) and must not count as "limits the damage"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -182,6 +183,31 @@ def test_shift_grid_tent_with_lr_zero_equals_norm_and_carries_mcnemar(x, one_thr
     # opt-in: the default arms are Burns & Steinhardt's three
     default = shift_grid(model, load, ["box_blur"], [3], adabn=AdaBNSettings(device="cpu"))
     assert set(default["arm"]) == {"source", "adabn", "adabn+aug"}
+
+
+def test_tent_severities_scores_tent_arms_only_there_and_comparisons_follow(x, one_thread):
+    """tent_severities=[3]: norm/tent rows only at severity 3 (and not on clean), equal to a grid run at
+    severity 3 alone; gain charts leave the partial arms out; tent's paired gains and verdict use only
+    the settings tent ran on."""
+    from probelib.adabn import STUDY_ARMS, adabn_gains, paired_gains, shift_grid, tent_verdict
+    model, y = _bn_model(), _labels(len(x))
+    load = _corrupted(x, y)
+    kw = dict(arms=STUDY_ARMS, tent=TentSettings(batch_size=16, lr=5e-2), adabn=AdaBNSettings(device="cpu"))
+    grid = shift_grid(model, load, ["gaussian_noise", "box_blur"], [1, 3], clean=(x, y), tent_severities=[3], **kw)
+    tent_rows = grid[grid["arm"].isin(["norm", "tent"])]
+    assert set(tent_rows["severity"]) == {3} and len(tent_rows) == 4 and len(grid) == 3 + 4 * 3 + 4
+    alone = shift_grid(model, load, ["gaussian_noise", "box_blur"], [3], **kw)
+    cols = ["corruption", "arm", "accuracy", "gained", "lost", "gained_vs_adabn", "lost_vs_adabn"]
+    pd.testing.assert_frame_equal(tent_rows[cols].reset_index(drop=True),
+                                  alone[alone["arm"].isin(["norm", "tent"])][cols].reset_index(drop=True))
+    shifted = grid[grid["corruption"] != "clean"]
+    assert set(adabn_gains(shifted).columns) == {"adabn", "adabn+aug"}
+    assert paired_gains(shifted, "tent")[["gained", "lost"]].sum().tolist() == \
+        tent_rows[tent_rows.arm == "tent"][["gained", "lost"]].sum().tolist()
+    v = tent_verdict(grid)
+    assert "2 corruptions at severity 3" in v and v.p == pytest.approx(tent_verdict(alone).p)
+    with pytest.raises(ValueError, match="tent_severities"):
+        shift_grid(model, load, ["box_blur"], [3], tent_severities=[6], **kw)
 
 
 def test_label_shift_tent_adapts_only_the_selected_layers(x, one_thread):

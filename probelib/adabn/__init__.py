@@ -18,11 +18,11 @@ from probelib.adabn.core import (AdaBNSettings, LayerSelector, adapt_bn, adapt_b
                                  resolve_layers)
 from probelib.adabn.augment import train_augmentation
 from probelib.adabn.arms import (ALL_ARMS, ARMS, DEFAULT_CORRUPTIONS, STUDY_ARMS, arm_logits, corrupt_on_the_fly,
-                                 evaluate_arms, load_shifted)
+                                 evaluate_arms, load_shifted, study_config, study_model)
 from probelib.adabn.studies import (PAPER_BN_LAYERS, PAPER_MS, TENT_REFERENCE, adabn_gains, add_border,
                                     black_border_study, bn_statistics, bn_statistics_comparison,
                                     bn_statistics_shift, label_shift, ncg_under_adabn, paired_gains, paper_ms,
-                                    shift_grid, study_config, study_model, tent_table)
+                                    shift_grid, tent_table)
 from probelib.adabn.verdicts import (TENT_RESULTS, border_verdicts, grid_verdicts, label_shift_verdicts,
                                      ncg_verdicts, tent_verdict, tent_verdicts)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 from collections.abc import Callable, Sequence
 
 import pandas as pd
@@ -19,7 +20,7 @@ from probelib.data.core import subsample
 from probelib.stats import paired_test
 
 __all__ = ["ARMS", "ALL_ARMS", "STUDY_ARMS", "DEFAULT_CORRUPTIONS", "evaluate_arms", "arm_logits",
-           "load_shifted", "corrupt_on_the_fly"]
+           "load_shifted", "corrupt_on_the_fly", "study_config", "study_model"]
 
 #: Burns & Steinhardt's arms: every study's default.
 ARMS = ("source", "adabn", "adabn+aug")
@@ -215,3 +216,39 @@ def corrupt_on_the_fly(x: torch.Tensor, y: torch.Tensor, seed: int = 0
             cache[key] = torch.from_numpy(out.copy()).permute(0, 3, 1, 2).float().div_(255)
         return cache[key], y
     return load
+
+
+def study_config(dataset: str, *, smoke: bool = False):
+    """The training config of the AdaBN notebooks' own model: Burns & Steinhardt's BN WideResNet recipe
+    (``default_config(dataset, paper="adabn")``), or with ``smoke`` the shared 1-epoch model on 300 images."""
+    from probelib.training import default_config
+    cfg = default_config(dataset, paper="adabn")
+    return cfg.replace(epochs=1, max_train=300, max_test=100) if smoke else cfg
+
+
+def study_model(dataset: str, *, smoke: bool = False, device=None, model_source: str | None = None,
+                checkpoint: str | os.PathLike | None = None, model_dir: str | os.PathLike = "models",
+                threat_model: str = "corruptions", **pretrained_kwargs) -> tuple[nn.Module, str]:
+    """The source model of notebooks 30–33 and its name.
+
+    ``model_source=None``: the BN WideResNet probelib trains (or loads from the store) for
+    ``dataset`` with Burns & Steinhardt's recipe (``default_config(dataset, paper="adabn")``; with
+    ``smoke`` the shared 1-epoch model on 300 images). Otherwise a checkpoint the user already has,
+    through :func:`probelib.models.load_pretrained` (``model_source`` one of ``torchvision``,
+    ``robustbench``, ``state_dict``; ``checkpoint`` its file or zoo name), e.g. RobustBench's
+    ``Standard`` WRN-28-10 from ``<model_dir>/cifar10/corruptions/Standard.pt`` for TENT's table.
+    """
+    if model_source is None:
+        from probelib.training import train_or_load
+        cfg = study_config(dataset, smoke=smoke)
+        model, _ = train_or_load(cfg, device=device)
+        return model, cfg.name
+    if checkpoint is None:
+        raise ValueError(f"model_source={model_source!r} needs checkpoint= (a file, or a RobustBench zoo name such "
+                         "as 'Standard')")
+    from probelib.models import load_pretrained
+    if model_source == "robustbench":
+        pretrained_kwargs = {"model_dir": model_dir, "threat_model": threat_model, **pretrained_kwargs}
+    model = load_pretrained(model_source, checkpoint, device=device, **pretrained_kwargs)
+    info = getattr(model, "pretrained_source", {})
+    return model, f"{model_source}:{info.get('name', Path(str(checkpoint)).stem)} ({info.get('arch', '?')})"

@@ -6,9 +6,7 @@ AdaBN, and TENT's CIFAR-10-C table. Every study takes its AdaBN options as one
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,8 +15,9 @@ import torch
 from torch import nn
 
 from probelib._util import check_images_or_features
-from probelib.adabn.arms import (ARMS, DEFAULT_CORRUPTIONS, _as_pair, _check_arms, _check_xy, _corrupted_source,
-                                 _label_table, _subsampled, _working_copy, arm_logits, evaluate_arms,)
+from probelib.adabn.arms import (_TENT_ARMS, ARMS, DEFAULT_CORRUPTIONS, _as_pair, _check_arms, _check_xy,
+                                 _corrupted_source, _label_table, _subsampled, _working_copy, arm_logits,
+                                 evaluate_arms)
 from probelib.adabn.core import AdaBNSettings, _require_bn, adapt_bn, bn_layers, exclude_first, exclude_last
 from probelib.data.core import subsample
 from probelib.stats import mcnemar, mcnemar_counts
@@ -28,14 +27,15 @@ if TYPE_CHECKING:  # probelib.tent imports probelib.adabn.core
 
 __all__ = ["shift_grid", "adabn_gains", "paired_gains", "PAPER_MS", "PAPER_BN_LAYERS", "paper_ms", "label_shift",
            "add_border", "black_border_study", "bn_statistics", "bn_statistics_shift", "bn_statistics_comparison",
-           "ncg_under_adabn", "TENT_REFERENCE", "tent_table", "study_model"]
+           "ncg_under_adabn", "TENT_REFERENCE", "tent_table"]
 
 
 def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT_CORRUPTIONS,
                severities: Sequence[int] = (1, 2, 3, 4, 5), *, arms: Sequence[str] = ARMS,
                adabn: AdaBNSettings | None = None, tent: TentSettings | None = None,
                clean: tuple[torch.Tensor, torch.Tensor] | None = None, extra: dict | None = None,
-               n_images: int | None = None, calibration: str = "complete") -> pd.DataFrame:
+               n_images: int | None = None, calibration: str = "complete",
+               tent_severities: Sequence[int] | None = None) -> pd.DataFrame:
     """The AdaBN shift grid: corruptions × severities × arms (+ ``clean`` and ``extra`` sets).
 
     Args:
@@ -59,6 +59,8 @@ def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT
             source weights in every setting (episodic reset per corruption × severity);
             ``tent``: their :class:`probelib.tent.TentSettings` (None = one Adam step, lr 1e-3,
             per batch of 128).
+        tent_severities: score TENT's arms only at these severities (e.g. ``[5]``, TENT's own table;
+            the clean and extra sets then without them); None = every setting.
 
     Returns one row per (corruption, severity, arm): accuracy, confidence, rms_calibration,
     ece, n, ``momentum`` naming the statistics estimate, ``calibration`` naming the variant and,
@@ -73,9 +75,9 @@ def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT
             _check_xy(*_as_pair(xy), name)
     seed = (adabn or AdaBNSettings()).seed
     load = _subsampled(_corrupted_source(corrupted), n_images, seed)
-    for s in severities:
+    for s in [*severities, *(tent_severities or [])]:
         if int(s) != s or not 1 <= s <= 5:
-            raise ValueError(f"severities must be integers in 1..5, got {s!r}")
+            raise ValueError(f"severities and tent_severities must be integers in 1..5, got {s!r}")
     work, adabn = _working_copy(model, adabn)
     settings = [("clean", 0)] if clean is not None else []
     settings += [(name, 0) for name in (extra or {})]
@@ -90,7 +92,10 @@ def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT
             x, y = load(name, sev)
         _check_xy(x, y, f"the {name} severity {sev} set")  # a callable or Dataset may hold 0–255 pixels
         x = x.to(adabn.device)  # decoded once, used by every arm
-        for r in evaluate_arms(work, x, torch.as_tensor(y), arms, adabn=adabn, tent=tent, calibration=calibration):
+        here = arms if tent_severities is None or sev in tent_severities else [a for a in arms if a not in _TENT_ARMS]
+        if not here:
+            continue
+        for r in evaluate_arms(work, x, torch.as_tensor(y), here, adabn=adabn, tent=tent, calibration=calibration):
             rows.append({"corruption": name, "severity": sev, **r})
     return _label_table(pd.DataFrame(rows), adabn, calibration)
 
@@ -102,6 +107,7 @@ def adabn_gains(grid: pd.DataFrame, metric: str = "accuracy", by: str = "corrupt
                              columns="arm", values=metric)
     if "source" not in table:
         raise ValueError("the grid has no 'source' arm to compare with")
+    table = table.dropna(axis=1)  # an arm scored on some settings only (tent_severities): its mean is not comparable
     gains = table.drop(columns="source").sub(table["source"], axis=0)
     return gains.groupby(level=by).mean()
 
@@ -114,6 +120,7 @@ def paired_gains(grid: pd.DataFrame, arm: str = "adabn", by: str = "corruption")
     sub = grid[grid["arm"] == arm]
     if sub.empty:
         raise ValueError(f"the grid has no {arm!r} arm; it has {sorted(set(grid['arm']))}")
+    grid = grid.merge(sub[["corruption", "severity"]].drop_duplicates())  # the settings ``arm`` was scored on
     if not {"gained", "lost"} <= set(sub.columns) or sub[["gained", "lost"]].isna().any().any():
         raise ValueError("the grid has no per-image counts against the source arm (columns gained/lost): "
                          "compute it with shift_grid with 'source' among the arms")
@@ -211,6 +218,7 @@ def label_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ks: Seque
     device = adabn.device
     source_logits = predict(work, x, batch_size=adabn.eval_batch(device), device=device, desc=None)
     rows = []
+    every_layer: dict[int, list[dict]] = {}  # m = 0 adapts every layer whichever end is excluded: scored once
     from tqdm.auto import tqdm
     for e in exclude:
         selector = exclude_last if e == "last" else exclude_first
@@ -220,8 +228,14 @@ def label_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ks: Seque
                 xk, yk = x[keep].to(device), y[keep]
                 src_correct = source_logits[keep].argmax(1) == yk
                 src = accuracy(source_logits[keep], yk)
-                for r in evaluate_arms(work, xk, yk, arms, adabn=adabn.replace(layers=selector(m)), tent=tent,
-                                       source_correct=src_correct, calibration=calibration):
+                if m == 0 and k in every_layer:
+                    scored = every_layer[k]
+                else:
+                    scored = list(evaluate_arms(work, xk, yk, arms, adabn=adabn.replace(layers=selector(m)),
+                                                tent=tent, source_correct=src_correct, calibration=calibration))
+                    if m == 0:
+                        every_layer[k] = scored
+                for r in scored:
                     rows.append({"exclude": e, "m": m, "k": int(k), "arm": r["arm"], "accuracy": r["accuracy"],
                                  "source_accuracy": src, "gain": r["accuracy"] - src,
                                  "confidence": r["confidence"], "rms_calibration": r["rms_calibration"],
@@ -412,39 +426,3 @@ def tent_table(grid: pd.DataFrame, severity: int = 5, arms: Sequence[str] | None
                      "images": int(r["n"].min()) if r["n"].nunique() == 1 else f"{r['n'].min()}-{r['n'].max()}",
                      "reference_error": TENT_REFERENCE.get(a, float("nan"))})
     return pd.DataFrame(rows).set_index("arm")
-
-
-def study_config(dataset: str, *, smoke: bool = False):
-    """The training config of the AdaBN notebooks' own model: Burns & Steinhardt's BN WideResNet recipe
-    (``default_config(dataset, paper="adabn")``), or with ``smoke`` the shared 1-epoch model on 300 images."""
-    from probelib.training import default_config
-    cfg = default_config(dataset, paper="adabn")
-    return cfg.replace(epochs=1, max_train=300, max_test=100) if smoke else cfg
-
-
-def study_model(dataset: str, *, smoke: bool = False, device=None, model_source: str | None = None,
-                checkpoint: str | os.PathLike | None = None, model_dir: str | os.PathLike = "models",
-                threat_model: str = "corruptions", **pretrained_kwargs) -> tuple[nn.Module, str]:
-    """The source model of notebooks 30–33 and its name.
-
-    ``model_source=None``: the BN WideResNet probelib trains (or loads from the store) for
-    ``dataset`` with Burns & Steinhardt's recipe (``default_config(dataset, paper="adabn")``; with
-    ``smoke`` the shared 1-epoch model on 300 images). Otherwise a checkpoint the user already has,
-    through :func:`probelib.models.load_pretrained` (``model_source`` one of ``torchvision``,
-    ``robustbench``, ``state_dict``; ``checkpoint`` its file or zoo name), e.g. RobustBench's
-    ``Standard`` WRN-28-10 from ``<model_dir>/cifar10/corruptions/Standard.pt`` for TENT's table.
-    """
-    if model_source is None:
-        from probelib.training import train_or_load
-        cfg = study_config(dataset, smoke=smoke)
-        model, _ = train_or_load(cfg, device=device)
-        return model, cfg.name
-    if checkpoint is None:
-        raise ValueError(f"model_source={model_source!r} needs checkpoint= (a file, or a RobustBench zoo name such "
-                         "as 'Standard')")
-    from probelib.models import load_pretrained
-    if model_source == "robustbench":
-        pretrained_kwargs = {"model_dir": model_dir, "threat_model": threat_model, **pretrained_kwargs}
-    model = load_pretrained(model_source, checkpoint, device=device, **pretrained_kwargs)
-    info = getattr(model, "pretrained_source", {})
-    return model, f"{model_source}:{info.get('name', Path(str(checkpoint)).stem)} ({info.get('arch', '?')})"

@@ -9,6 +9,7 @@ separate store. Everything runs with one CPU thread so the numbers are reproduci
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import signal
@@ -199,9 +200,8 @@ def test_precompute_killed_part_way_resumes_reuses_and_matches(tmp_path, one_thr
 def _assert_same_inputs(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for method in a:
-        assert a[method].keys() == b[method].keys()
-        for key in a[method]:
-            assert np.array_equal(a[method][key], b[method][key]), (method, key)
+        for f in dataclasses.fields(a[method]):
+            assert np.array_equal(getattr(a[method], f.name), getattr(b[method], f.name)), (method, f.name)
 
 
 def _assert_same_artifacts(files: dict[str, Path], full_files: dict[str, Path]) -> None:

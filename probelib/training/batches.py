@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from probelib._util import check_choice
-from probelib.data.core import as_tensors, labels_of, subsample  # noqa: F401 (used by config/loop)
+from probelib.data.core import as_tensors
 from probelib.data.fingerprint import file_digest
 from probelib.store import fingerprint
 

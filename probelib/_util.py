@@ -261,3 +261,18 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+def compute_device(model: torch.nn.Module, device: str | torch.device | None = None) -> torch.device:
+    """The device to run ``model`` on, one rule for every ``device=None`` argument that comes with a
+    model (``predict``, ``extract_features``, the AdaBN and TENT arms): ``device`` when given
+    (checked by :func:`default_device`), else where the model's parameters (or buffers) already
+    are, so a model the caller put on the CPU stays there; a model with neither follows
+    :func:`default_device` (``PROBELIB_DEVICE``, else CUDA when present, else CPU)."""
+    if device is not None:
+        return default_device(device)
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return default_device()

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from probelib._util import (check_finite_outputs, check_images_or_features, check_name, default_device, eval_mode,
-                            iter_batches, model_device)
+from probelib._util import (check_finite_outputs, check_images_or_features, check_name, compute_device, default_device,
+                            eval_mode, iter_batches)
 from probelib.store import Store, default_store, fingerprint
 
 __all__ = ["accuracy", "mean_confidence", "confidences", "rms_calibration_error", "CALIBRATION_VARIANTS",
@@ -150,10 +150,10 @@ def predict(model: nn.Module, data, *, batch_size: int = 512, device: str | torc
             desc: str | None = "predict") -> torch.Tensor:
     """Logits (float32, CPU, N×C) of ``model`` in eval mode on ``data`` (tensor, Dataset or DataLoader).
 
-    ``device`` defaults to where the model's parameters are; the model is moved there if needed.
-    The model's train/eval flags are restored afterwards.
+    ``device`` defaults to where the model's parameters are (:func:`probelib._util.compute_device`);
+    the model is moved there if needed. The model's train/eval flags are restored afterwards.
     """
-    device = model_device(model) if device is None else default_device(device)
+    device = compute_device(model, device)
     model.to(device)
     with eval_mode(model):
         out = [model(x).float().cpu() for x in iter_batches(data, batch_size, device, desc)]

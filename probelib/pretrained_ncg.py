@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from probelib._util import check_choice
+from probelib._util import check_choice, default_device
 from probelib.data import as_tensors
 from probelib.metrics import predict
 from probelib.models import load_pretrained
@@ -85,7 +85,9 @@ def export_embedded(dataset: str, folder: str | os.PathLike, methods: Sequence[s
 
 
 def load_models(specs: Sequence[Mapping[str, Any]], device=None) -> dict[str, nn.Module]:
-    """label → model for each spec (``load_pretrained`` arguments plus ``label``; ``format`` is a note)."""
+    """label → model for each spec (``load_pretrained`` arguments plus ``label``; ``format`` is a note),
+    each on ``device`` (None: :func:`probelib._util.default_device`, CUDA when present), where the
+    later predictions and features then run (they use the model's own device)."""
 
     if not specs:
         raise ValueError("no models: pass a list of specs such as {'label': 'Standard', 'source': 'robustbench', "
@@ -101,7 +103,7 @@ def load_models(specs: Sequence[Mapping[str, Any]], device=None) -> dict[str, nn
             raise ValueError(f"spec {label!r} needs 'source' ({'torchvision', 'robustbench', 'state_dict'}) "
                              "and 'checkpoint' (a path, or the zoo name for robustbench)")
         source, checkpoint = spec.pop("source"), spec.pop("checkpoint")
-        models[label] = load_pretrained(source, checkpoint, device=device, **spec)
+        models[label] = load_pretrained(source, checkpoint, device=default_device(device), **spec)
     return models
 
 

@@ -30,7 +30,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from probelib._util import check_choice
 from probelib.adabn.core import LayerSelector, bn_layers, resolve_layers
-from probelib._util import iter_batches, model_device
+from probelib._util import compute_device, iter_batches, model_device
 
 __all__ = ["TentSettings", "TENT_ARMS", "entropy", "norm_logits", "tent_logits", "tent_arm_logits",
            "prepare_batch_norm"]
@@ -107,7 +107,7 @@ def prepare_batch_norm(model: nn.Module, *, device: torch.device | None = None,
         raise ValueError(f"{type(model).__name__} has no BatchNorm layer with running statistics, so the norm and "
                          f"tent arms have nothing to adapt{f' (it normalises with {kinds})' if kinds else ''}; "
                          "use a batch-norm model (e.g. build_model(..., norm='batch')) or only the source arm")
-    device = model_device(model) if device is None else torch.device(device)
+    device = compute_device(model, device)
     mask = resolve_layers(model, layers)
     if not any(mask):
         raise ValueError(f"layers selects none of the model's {len(mask)} BatchNorm layers, so the norm and tent "

@@ -120,3 +120,19 @@ def test_rms_calibration_burns_variant_is_the_authors_calib_err(n):
     assert m["rms_calibration"] == pytest.approx(burns, rel=1e-12)
     with pytest.raises(ValueError, match="variant"):
         rms_calibration_error(logits, labels, variant="hendrycks2")
+
+
+def test_predict_device_none_uses_the_models_device(monkeypatch):
+    """device=None: the model's own device (a CPU model stays on the CPU); a model without
+    parameters or buffers follows the automatic rule (PROBELIB_DEVICE, else CUDA when present)."""
+    monkeypatch.setenv("PROBELIB_DEVICE", "meta")   # consulting the automatic rule would raise
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x = torch.rand(6, 1, 4, 4)
+    logits = predict(model, x, desc=None)
+    assert next(model.parameters()).device == torch.device("cpu")
+    assert torch.equal(logits, predict(model, x, device="cpu", desc=None))   # same process, same op
+    with pytest.raises(ValueError, match="PROBELIB_DEVICE|not supported"):
+        predict(nn.Flatten(), x, desc=None)                 # parameterless: the automatic rule
+    monkeypatch.setenv("PROBELIB_DEVICE", "cpu")
+    assert torch.equal(predict(nn.Flatten(), x, desc=None), x.flatten(1))

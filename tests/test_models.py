@@ -159,3 +159,18 @@ def test_checkpoint_loading_runs_no_code(tmp_path):
     torch.save({"format": "probelib.checkpoint/1", "arch": {"arch": "LargeMLP"}, "x": _Payload()}, path)
     with pytest.raises(pickle.UnpicklingError):
         load_checkpoint(path)
+
+
+def test_extract_features_device_none_uses_the_models_device(monkeypatch):
+    """device=None runs where the model's parameters are (as predict does), never the automatic
+    CUDA-when-present choice: with PROBELIB_DEVICE naming a device probelib refuses, consulting the
+    automatic rule would raise."""
+    monkeypatch.setenv("PROBELIB_DEVICE", "meta")
+    torch.manual_seed(0)
+    model = build_model("CNN002", num_classes=9).eval()
+    x = torch.rand(5, 1, 28, 28)
+    feats = extract_features(model, x, desc=None)
+    assert next(model.parameters()).device == torch.device("cpu")
+    assert torch.equal(feats, extract_features(model, x, device="cpu", desc=None))  # same process, same op
+    with pytest.raises(ValueError, match="device='gpu' is not a device name"):
+        extract_features(model, x, device="gpu", desc=None)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from probelib import tent as T  # tent imports adabn.core: bound here, its names read at call time
-from probelib._util import check_choice, check_images_or_features, check_labels, default_device, model_device
+from probelib._util import check_choice, check_images_or_features, check_labels, compute_device, default_device
 from probelib.adabn.core import (AdaBNSettings, _exact_one_pass, _require_bn, _single_batch, adapted, bn_layers,
                                  preserved_bn_statistics, resolve_layers)
 from probelib.data.core import subsample
@@ -149,7 +149,7 @@ def _arm_logits(work: nn.Module, x: torch.Tensor, arm: str, s: AdaBNSettings,
     """:func:`arm_logits` on an arm and images already checked (:func:`evaluate_arms` checks them once
     per set, not once per arm)."""
     from probelib.metrics import check_finite_outputs, predict
-    device = model_device(work) if s.device is None else default_device(s.device)
+    device = compute_device(work, s.device)
     if arm in _TENT_ARMS:
         return T.tent_arm_logits(work, x, arm, tent, device=device, layers=s.layers, seed=s.seed)
     eval_batch_size = s.eval_batch(device)

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset
 
-from probelib._util import _to_float_images, check_images_or_features, default_device, iter_batches, model_device
+from probelib._util import _to_float_images, check_images_or_features, compute_device, iter_batches
 from probelib.adabn.augment import _augmenter, _Augmenter, _first_channels
 
 __all__ = ["AdaBNSettings", "momentum_label", "bn_layers", "exclude_last", "exclude_first", "resolve_layers",
@@ -353,7 +353,7 @@ def adapt_bn_(model: nn.Module, data, settings: AdaBNSettings | None = None) -> 
     _require_bn(model, "adapt_bn")
     if isinstance(data, torch.Tensor):  # Datasets and DataLoaders are checked batch by batch
         check_images_or_features(data, "data", allow_uint8=True)
-    device = model_device(model) if s.device is None else default_device(s.device)
+    device = compute_device(model, s.device)
     mask = resolve_layers(model, s.layers)
     aug = _augmenter(augment, _first_channels(data), seed) if augment is not None else None
     model.to(device).eval()

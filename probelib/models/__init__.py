@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from probelib._util import default_device, eval_mode, iter_batches, unknown_name
+from probelib._util import compute_device, eval_mode, iter_batches, unknown_name
 from probelib.models.checkpoint import (CheckpointError, CheckpointMismatchError, UnsafeCheckpointError,
                                         load_checkpoint, read_checkpoint, save_checkpoint)
 from probelib.models.cnn import CNN002
@@ -127,11 +127,13 @@ def extract_features(model: nn.Module, data: torch.Tensor | Dataset, *, batch_si
 
     Eval mode (each module's mode is restored afterwards), no gradients, batches of ``batch_size``
     (:func:`probelib._util.iter_batches`; ``desc=None`` hides the progress bar); returns float32
-    (N, D) on the CPU.
+    (N, D) on the CPU. ``device`` defaults to where the model's parameters are, as in
+    :func:`probelib.metrics.predict` (:func:`probelib._util.compute_device`); the model is moved
+    there if needed.
     """
     if not hasattr(model, "features"):
         raise TypeError(f"{type(model).__name__} has no features(x) method; build it with build_model")
-    device = default_device(device)
+    device = compute_device(model, device)
     model.to(device)
     with eval_mode(model):
         out = [model.features(x).float().cpu() for x in iter_batches(data, batch_size, device, desc)]

@@ -20,6 +20,9 @@ from probelib.models.pretrained import guess_torchvision_arch, load_pretrained, 
 from probelib.models.zoo import ZOO, ZooEntry, zoo_names
 
 ATOL = 1e-5
+#: relative tolerance between two builds of one network: probelib's models run channels-last, a
+#: reference built here runs NCHW, and the two sum in different orders (≈2e-5 relative seen on ResNet-50)
+RTOL = 1e-4
 
 
 def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -44,7 +47,7 @@ def _close(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
     with torch.no_grad():
         ya, yb = a(x), b(x)
     assert ya.shape == yb.shape
-    assert torch.allclose(ya, yb, atol=ATOL), (ya - yb).abs().max()
+    assert torch.allclose(ya, yb, rtol=RTOL, atol=ATOL), (ya - yb).abs().max()
 
 
 # ----------------------------------------------------------------------------- torchvision
@@ -61,8 +64,8 @@ def test_torchvision_weights_load_with_imagenet_normalisation(arch, tmp_path, im
     with torch.no_grad():
         expected = ref((images - mean) / std)
         got = model(images)
-    assert torch.allclose(got, expected, atol=ATOL)
-    assert torch.allclose(model.classifier(model.features(images)), got, atol=ATOL)
+    assert torch.allclose(got, expected, rtol=RTOL, atol=ATOL)
+    assert torch.allclose(model.classifier(model.features(images)), got, rtol=RTOL, atol=ATOL)
     assert model.pretrained_source["num_classes"] == 7 and not model.training
     if arch == "resnet50":  # probelib's registered build: it can be saved as a probelib checkpoint
         assert model.arch_config == {"arch": "resnet50", "num_classes": 7, "in_channels": 3, "image_size": 224}
@@ -132,7 +135,7 @@ def test_robustbench_dm_family_and_preprocessing(tmp_path, images, one_thread):
     plain = ZooEntry("tiny_dm", "dm", 10, 1, None).build()
     plain.load_state_dict(ref.state_dict())
     with torch.no_grad():
-        assert torch.allclose(ref(images), plain.eval()((images - mean) / std), atol=ATOL)
+        assert torch.allclose(ref(images), plain.eval()((images - mean) / std), rtol=RTOL, atol=ATOL)
     # a TRADES-code entry with its unused sub_block1 copy of block1 in the file
     assert ZOO["Zhang2019Theoretically"].family == "wrn" and ZOO["Zhang2019Theoretically"].depth == 34
     small = _randomise_bn(ZooEntry("s", "wrn", 10, 1, None).build())

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision import transforms
 
 from probelib._util import check_labels
 from probelib.data.core import DatasetNotFoundError, TensorSet
+
+if TYPE_CHECKING:
+    from torchvision import transforms
 
 # Where each dataset is published, and the layout probelib expects under the data root.
 LAYOUTS: dict[str, tuple[str, str]] = {
@@ -182,11 +185,15 @@ def cifar100(root: Path, coarse: bool):
 # --------------------------------------------------------------------------- folders
 def imagenet_transform() -> transforms.Compose:
     """Burns & Steinhardt's ImageNet evaluation transform without normalisation (the model has it)."""
+    from torchvision import transforms  # torchvision's import costs seconds: only where a loader needs it
+
     return transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
 
 
 def aug10_transform() -> transforms.Compose:
     """NCG's ``aug10`` preprocessing for ImageNet-100: Resize(128), CenterCrop(112)."""
+    from torchvision import transforms
+
     return transforms.Compose([transforms.Resize(128), transforms.CenterCrop(112), transforms.ToTensor()])
 
 
@@ -247,6 +254,8 @@ def tinyimagenet(root: Path):
     _require("tinyimagenet", base / "wnids.txt", base / "train", base / "val" / "val_annotations.txt")
     wnids = sorted(w.strip() for w in (base / "wnids.txt").read_text().split() if w.strip())
     index = {w: i for i, w in enumerate(wnids)}
+    from torchvision import transforms
+
     tf = transforms.ToTensor()
     train_paths, train_y = [], []
     for w in wnids:

@@ -30,12 +30,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models.resnet import Bottleneck
 
 from probelib._util import check_choice, unknown_name
 from probelib.models.checkpoint import (FORMAT, CheckpointError, CheckpointMismatchError, load_weights_only,
                                         state_problems)
-from probelib.models.resnet import TORCHVISION_ARCHS, TORCHVISION_RESNETS, TORCHVISION_WEIGHTS, ImageNetResNet
+from probelib.models.torchvision_names import TORCHVISION_ARCHS, TORCHVISION_RESNETS, TORCHVISION_WEIGHTS
 from probelib.models.zoo import ZOO
 
 __all__ = ["load_pretrained", "load_torchvision", "load_robustbench", "load_state_dict_file", "read_state_dict",
@@ -195,17 +194,19 @@ def guess_torchvision_arch(state: Mapping[str, torch.Tensor]) -> str | None:
     bottleneck = "layer1.0.conv3.weight" in state
     w = state.get("layer1.0.conv2.weight")
     for name, (block, layers, groups, width) in TORCHVISION_RESNETS.items():
-        if tuple(layers) != blocks or (block is Bottleneck) != bottleneck or w is None:
+        if tuple(layers) != blocks or (block == "bottleneck") != bottleneck or w is None:
             continue
-        planes = int(64 * width / 64) * groups if block is Bottleneck else 64
+        planes = int(64 * width / 64) * groups if block == "bottleneck" else 64
         if tuple(w.shape[:2]) == (planes, planes // groups):
             return name
     return None
 
 
 def _finish(model: nn.Module, info: dict[str, Any], device: str | torch.device | None) -> nn.Module:
+    from probelib.models import prefer_channels_last
+
     model.pretrained_source = info
-    model.eval()
+    prefer_channels_last(model).eval()
     if device is not None:
         model.to(device)
     return model
@@ -230,6 +231,7 @@ def load_torchvision(path: str | os.PathLike, arch: str = "resnet50", num_classe
         from probelib.models import build_model
         model = build_model(arch, classes)
     else:
+        from probelib.models.resnet import ImageNetResNet
         model = ImageNetResNet(arch, classes)
     guess = guess_torchvision_arch(state)
     hint = (f"The file looks like torchvision's {guess}: pass arch={guess!r}" if guess and guess != arch else

@@ -18,11 +18,12 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from probelib._util import check_choice
+from probelib.models.torchvision_names import (IMAGENET_MEAN, IMAGENET_STD, TORCHVISION_ARCHS, TORCHVISION_RESNETS,
+                                              TORCHVISION_WEIGHTS)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-TORCHVISION_ARCHS = {"resnet50": ("ResNet50_Weights", 64), "wide_resnet50_2": ("Wide_ResNet50_2_Weights", 128)}
+__all__ = ["NormalizedResNet", "ImageNetResNet", "build_resnet", "IMAGENET_MEAN", "IMAGENET_STD", "TORCHVISION_ARCHS",
+           "TORCHVISION_RESNETS", "TORCHVISION_WEIGHTS"]
+_BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class NormalizedResNet(ResNet):
@@ -111,21 +112,6 @@ def build_resnet(arch: str, num_classes: int = 1000, weights: str | os.PathLike 
     return model
 
 
-#: torchvision's ResNet family: name -> (block, layers, groups, width_per_group).
-TORCHVISION_RESNETS: dict[str, tuple[type, tuple[int, ...], int, int]] = {
-    "resnet18": (BasicBlock, (2, 2, 2, 2), 1, 64), "resnet34": (BasicBlock, (3, 4, 6, 3), 1, 64),
-    "resnet50": (Bottleneck, (3, 4, 6, 3), 1, 64), "resnet101": (Bottleneck, (3, 4, 23, 3), 1, 64),
-    "resnet152": (Bottleneck, (3, 8, 36, 3), 1, 64), "wide_resnet50_2": (Bottleneck, (3, 4, 6, 3), 1, 128),
-    "wide_resnet101_2": (Bottleneck, (3, 4, 23, 3), 1, 128), "resnext50_32x4d": (Bottleneck, (3, 4, 6, 3), 32, 4),
-    "resnext101_32x8d": (Bottleneck, (3, 4, 23, 3), 32, 8), "resnext101_64x4d": (Bottleneck, (3, 4, 23, 3), 64, 4),
-}
-TORCHVISION_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
-               "resnet101": "ResNet101_Weights", "resnet152": "ResNet152_Weights",
-               "wide_resnet50_2": "Wide_ResNet50_2_Weights", "wide_resnet101_2": "Wide_ResNet101_2_Weights",
-               "resnext50_32x4d": "ResNeXt50_32X4D_Weights", "resnext101_32x8d": "ResNeXt101_32X8D_Weights",
-               "resnext101_64x4d": "ResNeXt101_64X4D_Weights"}
-
-
 class ImageNetResNet(NormalizedResNet):
     """A torchvision ResNet/ResNeXt/Wide ResNet that normalises [0, 1] input with ImageNet mean/std.
 
@@ -136,4 +122,4 @@ class ImageNetResNet(NormalizedResNet):
     def __init__(self, arch: str, num_classes: int = 1000):
         check_choice("torchvision architecture", arch, TORCHVISION_RESNETS)
         block, layers, groups, width = TORCHVISION_RESNETS[arch]
-        super().__init__(num_classes, width, block=block, layers=layers, groups=groups)
+        super().__init__(num_classes, width, block=_BLOCKS[block], layers=layers, groups=groups)

@@ -388,7 +388,7 @@ def table_chance_verdict(row: pd.Series, what: str) -> Verdict:
 
 @dataclass(frozen=True, eq=False)
 class SpaceReport:
-    """Notebooks 01/02 for one space: ``tables`` (``{dataset: ncg_table}``), ``table`` (stacked,
+    """Notebook 01 (``01_ncg_tables``) for one space: ``tables`` (``{dataset: ncg_table}``), ``table`` (stacked,
     saved as ``<space>_ncg``), ``counts`` (:func:`robust_better_counts`, ``<space>_robust_better_counts``)
     and ``verdicts`` (per dataset: each method against natural, then natural's NCG against chance)."""
 

@@ -117,6 +117,8 @@ PARAMETER_RULES: dict[str, tuple[tuple[type, ...], Callable[[Any], bool] | None,
     "arm": ((str,), _names(lambda: _ARMS), f"one of {', '.join(_ARMS)}"),
     "arms": (_LIST, lambda v: len(v) > 0 and _names(lambda: _ALL_ARMS)(v), f"a non-empty list of {', '.join(_ALL_ARMS)}"),
     "exclude": (_LIST, lambda v: len(v) > 0 and _names(lambda: ("last", "first"))(v), "a list of 'last', 'first'"),
+    "spaces": (_LIST, lambda v: len(v) > 0 and _names(lambda: ("pixel", "feature"))(v),
+               "a non-empty list of 'pixel', 'feature'"),
     "borders": (_LIST, lambda v: len(v) > 0 and _names(lambda: ("none", "black", "white"))(v),
                 "a list of 'none', 'black', 'white'"),
 }
@@ -142,7 +144,8 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
 
 
 _ELEMENTS = {**{k: int for k in ("severities", "tent_severities", "ms", "ks", "held_out")},
-             **{k: str for k in ("methods", "feature_methods", "corruptions", "arms", "exclude", "borders")}}
+             **{k: str for k in ("methods", "feature_methods", "corruptions", "arms", "exclude", "borders",
+                                         "spaces")}}
 
 
 def _rule_holds(key: str, value: Any) -> bool:

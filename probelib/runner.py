@@ -44,12 +44,12 @@ class Notebook:
     """One suite notebook ``NN_name.ipynb``: its number, short name and path."""
 
     number: int
-    name: str  # "pixel_ncg"
+    name: str  # "ncg_tables"
     path: Path
 
     @property
     def stem(self) -> str:
-        """The file name without ``.ipynb``, e.g. ``"01_pixel_ncg"``."""
+        """The file name without ``.ipynb``, e.g. ``"01_ncg_tables"``."""
         return self.path.stem
 
 

@@ -521,3 +521,59 @@ def test_studies_score_a_stratified_subset_of_n_images():
     table = ncg_under_adabn(tiny_bn_cnn(), train_x, train_y, load, ["gaussian_noise"], [1, 2], n_images=20,
                             adabn=AdaBNSettings(device="cpu"))
     assert table["n"].iloc[0] == 40
+
+
+def test_study_figures_draw_their_tables():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from probelib.adabn import plot_border_examples, plot_label_shift_gain, plot_ncg_under_adabn
+
+    rows = [{**_label_shift_row(m, k, 0.1 * m - 0.01 * k, exclude=e), "arm": arm}
+            for e in ("last", "first") for m in (0, 1) for k in (1, 5) for arm in ("adabn", "tent")]
+    fig = plot_label_shift_gain(pd.DataFrame(rows), ["last", "first"], "adabn", title="t")
+    heat = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in heat] == ["gain, last m BN layers not adapted",
+                                               "gain, first m BN layers not adapted"]
+    assert {t.get_text() for t in heat[0].texts} == {"-0.01", "-0.05", "+0.09", "+0.05"}  # adabn's gains only
+    assert fig._suptitle.get_text() == "t"
+    plt.close(fig)
+
+    table = pd.DataFrame({"corruption": ["fog", "snow", "blur"], "ncg_source": [0.5, 0.6, 0.7],
+                          "ncg_adapted": [0.6, 0.6, 0.5], "p_value": [0.01, 0.5, 0.04],
+                          "acc_source": [0.8, 0.8, 0.8], "acc_adapted": [0.9, 0.8, 0.7], "ncg_gain": [0.1, 0.0, -0.2]})
+    fig = plot_ncg_under_adabn(table, "adabn", alpha=0.05, title="m")
+    bars, scatter = fig.axes
+    assert sum(t.get_text() == "*" for t in bars.texts) == 2  # p < alpha for fog and blur
+    assert {t.get_text() for t in scatter.texts} == {"fog", "blur"}  # snow did not move
+    assert fig._suptitle.get_text() == "m (* McNemar p < 0.05)"
+    plt.close(fig)
+
+    x = data(n=16)
+    fig = plot_border_examples(x, ["none", "black"], n_show=4)
+    assert len(fig.axes) == 8 and [fig.axes[0].get_ylabel(), fig.axes[4].get_ylabel()] == ["none", "black"]
+    assert torch.equal(torch.as_tensor(fig.axes[4].images[0].get_array()), add_border(x[:1])[0, 0])
+    plt.close(fig)
+
+
+def test_shift_study_inputs_are_the_study_model_and_a_stratified_test_subset(monkeypatch):
+    import probelib.adabn.arms as arms_module
+    from probelib.adabn import shift_study_inputs
+    from probelib.data import as_tensors, load_dataset, subsample
+
+    asked = []
+    def fake_study_model(dataset, smoke, device):  # the model itself is study_model's (tested with training)
+        asked.append((dataset, smoke, device))
+        return tiny_bn_cnn(), "tiny"
+
+    monkeypatch.setattr(arms_module, "study_model", fake_study_model)
+    inputs = shift_study_inputs("mnist5k", 60, device="cpu", momentum=0.1, tent_batch_size=32, tent_lr=1e-2)
+    smoke = shift_study_inputs("mnist5k", 60, smoke=True, device="cpu")
+    test = as_tensors(load_dataset("mnist5k").test)
+    for got, n in ((inputs, 60), (smoke, 100)):  # smoke: 100 images whatever n_images says
+        x, y = subsample(test, n)
+        assert torch.equal(got.test_x, x) and torch.equal(got.test_y, y)
+    assert asked == [("mnist5k", False, "cpu"), ("mnist5k", True, "cpu")]
+    assert inputs.model_name == "tiny" and inputs.num_classes == 10
+    assert inputs.adabn == AdaBNSettings(momentum=0.1, device="cpu")
+    assert (inputs.tent.batch_size, inputs.tent.lr) == (32, 1e-2)

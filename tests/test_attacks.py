@@ -14,7 +14,6 @@ from torch import nn
 
 from probelib._util import UnknownNameError
 from probelib.attacks import (AttackResult, ClosestAdversarial, best_of_l2, closest_adversarial,
-                              closest_adversarial_cached,
                               cw_l2, ddn_l2, fmn_l2, pgd, radius_far_below, radius_vs_ood_distance,
                               robustness_summary, robustness_table)
 from probelib.data import load_dataset
@@ -348,7 +347,7 @@ def test_closest_adversarial_samples_correct_nn_points(digits_model):
     model, splits = digits_model
     _, nn_idx = knn(splits.train.x, splits.ood.x, k=1, progress=False)
     nn_idx = nn_idx[:, 0]
-    kw = dict(n=12, seed=1, attack="fmn+ddn", steps=50, progress=False)
+    kw = dict(n=12, seed=1, attack="fmn+ddn", steps=50, progress=False, store=False)
     res = closest_adversarial(model, splits.train.x, splits.train.y, nn_idx, **kw)
     again = closest_adversarial(model, splits.train.x, splits.train.y, nn_idx, **kw)
     other = closest_adversarial(model, splits.train.x, splits.train.y, nn_idx, **{**kw, "seed": 2})
@@ -368,7 +367,7 @@ def test_closest_adversarial_samples_correct_nn_points(digits_model):
     assert (predict(model, res.x_adv) != splits.train.y[pick]).all()
     # n larger than the pool: every eligible point, once
     everything = closest_adversarial(model, splits.train.x, splits.train.y, nn_idx[:5], n=300,
-                                     attack="fmn", steps=10, progress=False)
+                                     attack="fmn", steps=10, progress=False, store=False)
     assert len(everything.indices) <= 5 and np.isin(everything.indices, nn_idx[:5]).all()
 
 
@@ -384,22 +383,31 @@ def test_closest_adversarial_input_checks(digits_model):
         closest_adversarial(model, splits.train.x, splits.train.y, np.array([0]), n=0)
 
 
-def test_closest_adversarial_cached_reuses_the_stored_result(digits_model, tmp_path):
-    from probelib.store import Store
+def test_closest_adversarial_reuses_the_stored_result(digits_model, tmp_path):
+    from probelib.store import Store, fingerprint
 
     model, splits = digits_model
     store = Store(tmp_path)
     nn_idx = np.arange(0, 60, 3)
     kw = dict(name="digits-test", store=store, n=4, attack="fmn", steps=20, progress=False)
-    first = closest_adversarial_cached(model, splits.train.x, splits.train.y, nn_idx, **kw)
+    first = closest_adversarial(model, splits.train.x, splits.train.y, nn_idx, **kw)
     files = sorted(p.name for p in tmp_path.rglob("*.npz"))
-    assert len(files) == 1
-    again = closest_adversarial_cached(model, splits.train.x, splits.train.y, nn_idx, **kw)
+    # the key of the former closest_adversarial_cached, so artifacts stored before are reused
+    key = fingerprint("closest_adversarial", model, splits.train.x, splits.train.y, nn_idx,
+                      {"n": 4, "seed": 0, "attack": "fmn", "steps": 20})
+    assert files == [f"digits-test-fmn-{key[:16]}.npz"]
+    again = closest_adversarial(model, splits.train.x, splits.train.y, nn_idx, **kw)
     assert sorted(p.name for p in tmp_path.rglob("*.npz")) == files
     assert np.array_equal(first.indices, again.indices) and np.array_equal(first.radii, again.radii)
     assert torch.equal(first.x_adv, again.x_adv) and again.pool_size == first.pool_size
-    other = closest_adversarial_cached(model, splits.train.x, splits.train.y, nn_idx, **{**kw, "seed": 5})
+    other = closest_adversarial(model, splits.train.x, splits.train.y, nn_idx, **{**kw, "seed": 5})
     assert len(list(tmp_path.rglob("*.npz"))) == 2 and other.attack == "fmn"
+    uncached = closest_adversarial(model, splits.train.x, splits.train.y, nn_idx, **{**kw, "store": False})
+    assert len(list(tmp_path.rglob("*.npz"))) == 2
+    assert np.array_equal(uncached.indices, first.indices) and np.allclose(uncached.radii, first.radii, rtol=1e-5)
+    with pytest.raises(ValueError, match="store=False"):
+        closest_adversarial(model, splits.train.x, splits.train.y, nn_idx, n=4, store=store,
+                            attack=lambda m, x, y, **k: None)
 
 
 def test_radius_vs_ood_distance_pairs_and_summary():

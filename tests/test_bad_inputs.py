@@ -279,9 +279,9 @@ def test_parameter_file_with_an_unknown_key(tiny_suite, tmp_path):
 
 def test_notebook_name_that_does_not_exist(repo_root, tmp_path):
     out = tmp_path / "results"
-    with pytest.raises(UnknownNameError, match=r"unknown notebook 'pixl_ncg'\. Did you mean 'pixel_ncg'\?"
+    with pytest.raises(UnknownNameError, match=r"unknown notebook 'ncg_tabels'\. Did you mean 'ncg_tables'\?"
                                                r" Valid notebook names: .*00_precompute"):
-        run_suite(notebooks_dir=repo_root / "notebooks", only="pixl_ncg", out=out, progress=False)
+        run_suite(notebooks_dir=repo_root / "notebooks", only="ncg_tabels", out=out, progress=False)
     assert not out.exists()
 
 

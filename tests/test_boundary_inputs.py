@@ -457,6 +457,7 @@ def test_runner_refuses_wrong_types_from_a_parameter_file(tmp_path, no_kernel):
     out = tmp_path / "results"
     for only, text, match in (("30-33", "severities: [0, 1]\n", r"severities=\[0, 1\] is refused"),
                               ("01", "methods: [natural, trade]\n", r"methods=\['natural', 'trade'\] is refused"),
+                              ("01", "spaces: [pixel, pxel]\n", r"spaces=\['pixel', 'pxel'\] is refused"),
                               ("30-33", "n_images: 2.5\n", r"n_images=2\.5 is refused"),
                               ("30-33", "arms: source\n", r"arms='source' is refused")):
         params.write_text(text)

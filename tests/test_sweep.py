@@ -24,7 +24,7 @@ from probelib.sweep import run_sweep
 GRID = """\
 only: [01]
 smoke: true
-parameters: {dataset: digits, methods: [natural, trades]}
+parameters: {dataset: digits, methods: [natural, trades], spaces: [pixel]}
 grid: {held_out: [1, 2, 3, 4]}
 resources: {num_cpus: 1}
 """

@@ -7,6 +7,7 @@ import copy
 import os
 from pathlib import Path
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -20,7 +21,8 @@ from probelib.data.core import subsample
 from probelib.stats import paired_test
 
 __all__ = ["ARMS", "ALL_ARMS", "STUDY_ARMS", "DEFAULT_CORRUPTIONS", "evaluate_arms", "arm_logits",
-           "load_shifted", "corrupt_on_the_fly", "study_config", "study_model"]
+           "load_shifted", "corrupt_on_the_fly", "study_config", "study_model", "ShiftStudyInputs",
+           "shift_study_inputs"]
 
 #: Burns & Steinhardt's arms: every study's default.
 ARMS = ("source", "adabn", "adabn+aug")
@@ -252,3 +254,33 @@ def study_model(dataset: str, *, smoke: bool = False, device=None, model_source:
     model = load_pretrained(model_source, checkpoint, device=device, **pretrained_kwargs)
     info = getattr(model, "pretrained_source", {})
     return model, f"{model_source}:{info.get('name', Path(str(checkpoint)).stem)} ({info.get('arch', '?')})"
+
+
+class ShiftStudyInputs(NamedTuple):
+    """What notebooks 31 and 32 study: the source model, its name, the (sub-sampled) clean test
+    split, the number of classes, and the AdaBN and TENT settings."""
+
+    model: nn.Module
+    model_name: str
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    adabn: AdaBNSettings
+    tent: "T.TentSettings"
+
+
+def shift_study_inputs(dataset: str, n_images: int | None = None, *, smoke: bool = False, device=None,
+                       momentum: float | None = None, tent_batch_size: int = 128,
+                       tent_lr: float = 1e-3) -> ShiftStudyInputs:
+    """The inputs of the label-shift and black-border studies (notebooks 31, 32): :func:`study_model`
+    for ``dataset``, its test split stratified-subsampled to ``n_images`` (``None``: all; 100 with
+    ``smoke``), ``AdaBNSettings(momentum, device)`` and ``TentSettings(tent_batch_size, tent_lr)``."""
+    from probelib.data import as_tensors, load_dataset
+
+    splits = load_dataset(dataset)
+    model, model_name = study_model(dataset, smoke=smoke, device=device)
+    test_x, test_y = subsample(as_tensors(splits.test), 100 if smoke else n_images)
+    return ShiftStudyInputs(model, model_name, test_x, test_y, splits.num_classes,
+                          AdaBNSettings(momentum=momentum, device=device),
+                          T.TentSettings(batch_size=tent_batch_size, lr=tent_lr))
+

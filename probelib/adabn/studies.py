@@ -26,8 +26,8 @@ if TYPE_CHECKING:  # probelib.tent imports probelib.adabn.core
     from probelib.tent import TentSettings
 
 __all__ = ["shift_grid", "adabn_gains", "paired_gains", "PAPER_MS", "PAPER_BN_LAYERS", "paper_ms", "label_shift",
-           "add_border", "black_border_study", "bn_statistics", "bn_statistics_shift", "bn_statistics_comparison",
-           "ncg_under_adabn", "TENT_REFERENCE", "tent_table"]
+           "BORDER_FILLS", "add_border", "black_border_study", "bn_statistics", "bn_statistics_shift",
+           "bn_statistics_comparison", "ncg_under_adabn", "TENT_REFERENCE", "tent_table"]
 
 
 def shift_grid(model: nn.Module, corrupted, corruptions: Sequence[str] = DEFAULT_CORRUPTIONS,
@@ -247,6 +247,10 @@ def label_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ks: Seque
     return _label_table(pd.DataFrame(rows), adabn, calibration)
 
 
+#: The fill of each border of the black-border study (``None``: no border).
+BORDER_FILLS = {"none": None, "black": 0.0, "white": 1.0}
+
+
 def add_border(x: torch.Tensor, fill: float = 0.0, s: int | None = None) -> torch.Tensor:
     """Burns & Steinhardt's border: centre-crop to size − 2s and pad ``s`` pixels of ``fill`` on
     each side (``s = size // 4`` by default: at 32 px only the central 16×16 survives)."""
@@ -275,7 +279,7 @@ def black_border_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     arms, ``*_vs_adabn`` against AdaBN) plus ``border``, ``momentum`` and ``calibration`` (the RMS
     calibration variant, ``"complete"`` or ``"burns"``)."""
     arms = _check_arms(arms, model)
-    fills = {"none": None, "black": 0.0, "white": 1.0}
+    fills = BORDER_FILLS
     for b in borders:
         if b not in fills:
             from probelib._util import unknown_name

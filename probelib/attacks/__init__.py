@@ -28,12 +28,11 @@ from probelib.attacks.minimum_norm import (CW_BOUNDARY_STEPS, CW_DEFAULT_STEPS, 
                                            best_of_l2, cw_l2, ddn_l2, fmn_l2, min_norm_attack)
 from probelib.attacks.pgd import pgd
 from probelib.attacks.robustness import (ClosestAdversarial, RobustnessSummary, closest_adversarial,
-                                         closest_adversarial_cached, plot_radius_histograms,
-                                         radius_far_below, radius_vs_ood_distance, robustness_summary,
-                                         robustness_table)
+                                         plot_radius_histograms, radius_far_below, radius_vs_ood_distance,
+                                         robustness_summary, robustness_table)
 
 __all__ = ["NORMS", "AttackResult", "eval_mode", "input_bounds", "perturbation_norms", "project", "pgd",
            "CW_BOUNDARY_STEPS", "CW_DEFAULT_STEPS", "MIN_NORM_ATTACKS", "STUDY_ATTACK", "best_of_l2", "cw_l2",
            "ddn_l2", "fmn_l2", "min_norm_attack", "ClosestAdversarial", "RobustnessSummary", "closest_adversarial",
-           "closest_adversarial_cached", "plot_radius_histograms", "radius_far_below",
-           "radius_vs_ood_distance", "robustness_summary", "robustness_table"]
+           "plot_radius_histograms", "radius_far_below", "radius_vs_ood_distance", "robustness_summary",
+           "robustness_table"]

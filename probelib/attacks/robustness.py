@@ -20,6 +20,8 @@ from probelib.metrics import predict_labels
 if TYPE_CHECKING:
     import pandas as pd
 
+    from probelib.store import Store
+
 
 @dataclass
 class ClosestAdversarial:
@@ -60,7 +62,8 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512,
 def closest_adversarial(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
                         nn_indices: np.ndarray | torch.Tensor, n: int = 300, seed: int = 0,
                         attack: str | Callable[..., AttackResult] = STUDY_ATTACK,
-                        device: str | torch.device | None = None, progress: bool = True,
+                        device: str | torch.device | None = None, progress: bool = True, *,
+                        store: "Store | None | bool" = None, name: str = "closest_adversarial",
                         **attack_kwargs) -> ClosestAdversarial:
     """NCG's ``get_rob``: the closest adversarial examples of ``n`` sampled NN training points.
 
@@ -70,7 +73,42 @@ def closest_adversarial(model: nn.Module, train_x: torch.Tensor, train_y: torch.
     ``np.random.default_rng(seed)`` and attacked at their true labels with ``attack`` (a name
     in :data:`MIN_NORM_ATTACKS` or a callable ``(model, x, y, **kw) -> AttackResult``).
     ``device`` defaults to the model's. Returns a :class:`ClosestAdversarial` sorted by index.
+
+    ``store``: a :class:`~probelib.store.Store`, ``None`` for the default store, ``False`` for no
+    caching (as :func:`probelib.metrics.predict_labels`). The result is kept under kind
+    ``"robustness"``, file ``<name>-<attack>``; the key fingerprints the model's weights, the
+    training set, ``nn_indices`` and every argument (``n``, ``seed``, ``attack`` and its keyword
+    arguments; ``device``/``progress``/``name`` excluded), so a re-run loads it and any change
+    recomputes it. A callable ``attack`` cannot be named in the key: pass it with ``store=False``.
     """
+    _checked_inputs(train_x, train_y, nn_indices, n)
+    if isinstance(attack, str):
+        min_norm_attack(attack)  # an unknown name fails here, before any store lookup
+    if store is False:
+        return _closest_adversarial(model, train_x, train_y, nn_indices, n=n, seed=seed, attack=attack,
+                                    device=device, progress=progress, **attack_kwargs)
+    from probelib.store import default_store, fingerprint
+
+    if not isinstance(attack, str):
+        raise ValueError("closest_adversarial caches its result under the attack's name: pass the attack by name "
+                         f"(one of {sorted(MIN_NORM_ATTACKS)}), or a callable attack with store=False")
+    st = default_store() if store is None or store is True else store
+    hashed = {**attack_kwargs, "n": n, "seed": seed, "attack": attack}
+    key = fingerprint("closest_adversarial", model, train_x, train_y, np.asarray(nn_indices), hashed)
+
+    def compute() -> dict[str, np.ndarray]:
+        r = _closest_adversarial(model, train_x, train_y, nn_indices, n=n, seed=seed, attack=attack,
+                                 device=device, progress=progress, **attack_kwargs)
+        return {"indices": r.indices, "x_adv": r.x_adv.numpy(), "success": r.success,
+                "radii": r.radii, "pool_size": np.array(r.pool_size)}
+
+    a = st.cached_arrays("robustness", f"{name}-{attack}", key, compute)
+    return ClosestAdversarial(indices=a["indices"], x_adv=torch.from_numpy(a["x_adv"]), success=a["success"],
+                              radii=a["radii"], attack=attack, pool_size=int(a["pool_size"]))
+
+
+def _checked_inputs(train_x: torch.Tensor, train_y: torch.Tensor, nn_indices, n: int) -> np.ndarray:
+    """Check :func:`closest_adversarial`'s inputs; return ``nn_indices`` as a numpy array."""
     check_images(train_x, "train_x")
     _check_labels(train_x, train_y)
     _check_count("n", n)
@@ -82,6 +120,15 @@ def closest_adversarial(model: nn.Module, train_x: torch.Tensor, train_y: torch.
         raise ValueError(f"nn_indices must index train_x (0..{len(train_x) - 1}), got range "
                          f"[{nn_indices.min()}, {nn_indices.max()}]; were the neighbours computed "
                          "against this training set?")
+    return nn_indices
+
+
+def _closest_adversarial(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
+                         nn_indices: np.ndarray | torch.Tensor, *, n: int, seed: int,
+                         attack: str | Callable[..., AttackResult], device: str | torch.device | None,
+                         progress: bool, **attack_kwargs) -> ClosestAdversarial:
+    """:func:`closest_adversarial`'s computation, uncached."""
+    nn_indices = _checked_inputs(train_x, train_y, nn_indices, n)
     attack_fn, attack_name = ((min_norm_attack(attack), attack) if isinstance(attack, str)
                               else (attack, getattr(attack, "__name__", "custom")))
     if device is None:
@@ -216,34 +263,3 @@ def radius_far_below(summary: RobustnessSummary, *, ratio: float = 0.5, max_xd: 
     """Whether a :class:`RobustnessSummary` has its radius far below the OOD distance:
     mean radius ≤ ``ratio`` × mean distance and at most ``max_xd`` of OOD points within it."""
     return bool(summary.mean_radius <= ratio * summary.mean_distance and summary.xd <= max_xd)
-
-
-def closest_adversarial_cached(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
-                               nn_indices, *, name: str, store=None, **kwargs) -> ClosestAdversarial:
-    """:func:`closest_adversarial`, kept in the artifact store (kind ``"robustness"``).
-
-    The key fingerprints the model's weights, the training set, ``nn_indices`` and every argument
-    (``n``, ``seed``, ``attack`` and its keyword arguments; ``device``/``progress`` excluded), so a
-    re-run loads the result and any change recomputes it. ``store`` defaults to the default store.
-    """
-    from probelib.store import default_store, fingerprint
-
-    store = default_store() if store is None else store
-    attack = kwargs.get("attack", STUDY_ATTACK)
-    if not isinstance(attack, str):
-        raise ValueError("closest_adversarial_cached needs the attack by name (one of "
-                         f"{sorted(MIN_NORM_ATTACKS)}) so that the cache key can name it")
-    hashed = {k: v for k, v in kwargs.items() if k not in ("device", "progress")}
-    hashed.setdefault("n", 300)
-    hashed.setdefault("seed", 0)
-    hashed["attack"] = attack
-    key = fingerprint("closest_adversarial", model, train_x, train_y, np.asarray(nn_indices), hashed)
-
-    def compute() -> dict[str, np.ndarray]:
-        r = closest_adversarial(model, train_x, train_y, nn_indices, **kwargs)
-        return {"indices": r.indices, "x_adv": r.x_adv.numpy(), "success": r.success,
-                "radii": r.radii, "pool_size": np.array(r.pool_size)}
-
-    a = store.cached_arrays("robustness", f"{name}-{attack}", key, compute)
-    return ClosestAdversarial(indices=a["indices"], x_adv=torch.from_numpy(a["x_adv"]), success=a["success"],
-                              radii=a["radii"], attack=attack, pool_size=int(a["pool_size"]))

@@ -57,6 +57,7 @@ from probelib.corruptions import corruption_names, to_uint8_images, write_corrup
 from probelib.data import load_dataset, subsample  # noqa: E402
 from probelib.metrics import classification_metrics  # noqa: E402
 from probelib.tent import TentSettings  # noqa: E402
+from probelib.training import EMBEDDED_ADABN_ARCH  # noqa: E402
 
 SUBSET = ["gaussian_noise", "shot_noise", "defocus_blur", "motion_blur", "fog", "contrast", "jpeg_compression"]
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -153,7 +154,7 @@ def main() -> None:
     p.add_argument("--full", action="store_true", help="all 15 corruptions × 5 severities")
     p.add_argument("--n", type=int, default=300, help="test images per setting (mnist5k test has 1000)")
     p.add_argument("--epochs", type=int, default=2, help="training epochs of the cached source model")
-    p.add_argument("--untrained", action="store_true", help="skip training: random WRN-16-2 (timing only)")
+    p.add_argument("--untrained", action="store_true", help="skip training: random WRN-16-1 (timing only)")
     p.add_argument("--momentum", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default=None)
@@ -166,8 +167,8 @@ def main() -> None:
 
     if args.untrained:
         from probelib.models import build_model
-        model = build_model("WRN-16-2", num_classes=10, in_channels=1, image_size=28, norm="batch")
-        label = "WRN-16-2 (untrained)"
+        model = build_model(EMBEDDED_ADABN_ARCH, num_classes=10, in_channels=1, image_size=28, norm="batch")
+        label = f"{EMBEDDED_ADABN_ARCH} (untrained)"
     else:
         from probelib.training import default_config, train_or_load
         cfg = default_config("mnist5k", method="natural", paper="adabn").replace(epochs=args.epochs)

@@ -368,7 +368,7 @@ def test_label_shift_m_relative_to_depth_and_rejects_empty_class_subset():
 def test_paper_ms_scale_with_depth():
     from probelib.adabn import paper_ms
     assert paper_ms(37) == [0, 1, 4, 16]                     # WRN-40-2: the paper's values
-    assert paper_ms(13) == [0, 1, 2, 6]                      # the embedded WRN-16-2
+    assert paper_ms(13) == [0, 1, 2, 6]                      # the embedded WRN-16-1
     assert paper_ms(3) == [0, 1, 2] and paper_ms(1) == [0]
     for n in range(1, 60):
         ms = paper_ms(n)

@@ -139,7 +139,7 @@ def _require_bn(model: nn.Module, what: str = "AdaBN") -> None:
         raise ValueError(f"{what} needs a model with BatchNorm layers that keep running statistics, but "
                          f"{type(model).__name__} has none (no BatchNorm layer"
                          f"{f'; it normalises with {kinds}' if kinds else ''}: adapting it would change nothing "
-                         "and report adabn = source); use a BatchNorm model (e.g. build_model('WRN-16-2', C) or "
+                         "and report adabn = source); use a BatchNorm model (e.g. build_model('WRN-16-1', C) or "
                          "norm='batch'), or score it with arms=('source',) only")
 
 

@@ -152,7 +152,7 @@ def paper_ms(n_bn_layers: int, ms: Sequence[int] = PAPER_MS, reference: int = PA
     """The paper's m values (BN layers left unadapted) rescaled to a model with ``n_bn_layers``:
     round(m · n / 37), each non-zero m at least one more than the previous, and at most n − 1 so
     that every m leaves at least one layer adapted; duplicates dropped. ``paper_ms(37)`` gives
-    (0, 1, 4, 16); the embedded WRN-16-2 (13 BN layers) gets (0, 1, 2, 6)."""
+    (0, 1, 4, 16); the embedded WRN-16-1 (13 BN layers) gets (0, 1, 2, 6)."""
     return list(dict.fromkeys(m for _, m in _paper_ms_pairs(n_bn_layers, ms, reference)))
 
 

@@ -5,7 +5,7 @@
 * ``CNN002`` — TRADES' small CNN (NCG, MNIST); ``dropout``. features: conv stack, 1024-d at 28 px.
 * ``WRN-<depth>-<widen>`` — WideResNet; ``norm``, ``groups``, ``dropout``. features: pooled, 64·widen-d.
   Named: ``WRN-40-10`` (NCG's CIFAR net, dropout 0, 640-d), ``WRN-40-2`` (Burns' CIFAR net,
-  dropout 0.3, 128-d), ``WRN-16-2`` (the embedded mnist5k AdaBN default, 128-d).
+  dropout 0.3, 128-d), ``WRN-16-1`` (the embedded mnist5k AdaBN default, 64-d).
 * ``ResNet50Norm01`` — NCG's ImageNet-100 ResNet-50 (112 px). features: 2048-d.
 * ``resnet50`` / ``wide_resnet50_2`` — torchvision's, ``weights`` = local file or weights name. 2048-d.
 * ``LargeMLP`` / ``LargeMLPv3`` / ``LargeMLPv4`` — d→w→w→w→C, w = 256 / 512 / 1024;
@@ -47,7 +47,7 @@ __all__ = ["build_model", "model_names", "save_checkpoint", "load_checkpoint", "
 
 _WRN = re.compile(r"^WRN-(\d+)-(\d+)$")
 # Named WideResNets and their default dropout (each paper's setting).
-_WRN_NAMED = {"WRN-40-10": 0.0, "WRN-40-2": 0.3, "WRN-16-2": 0.0}
+_WRN_NAMED = {"WRN-40-10": 0.0, "WRN-40-2": 0.3, "WRN-16-1": 0.0}
 _DEFAULTS = {  # arch family -> (in_channels, image_size)
     "CNN002": (1, 28), "WRN": (3, 32), "ResNet50Norm01": (3, 112), "resnet50": (3, 224),
     "wide_resnet50_2": (3, 224),

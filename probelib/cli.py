@@ -81,7 +81,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="dataset for notebooks declaring a 'dataset' parameter "
                                      "(default: each notebook's own, the embedded mnist5k family)")
     _add_only(p, "run only these notebooks: numbers (3, 03), ranges (30-33), or names "
-                 "(03_chi_square, chi_square); commas work too")
+                 "(05_neighbour_visualisation, neighbour_visualisation); commas work too")
     p.add_argument("--skip", nargs="+", action="extend", metavar="NB", help="skip these notebooks (as --only)")
     _add_parameter_options(p, "papermill parameter override", "tiny sizes (smoke=True) for a quick check")
     p.add_argument("--out", help="results folder (default results/<dataset family>, e.g. results/mnist5k)")

@@ -157,8 +157,8 @@ class CellProgress:
         self.tick()
 
     def line(self) -> str:
-        """The current progress line, e.g. ``[3/14] 03_chi_square cell 5/12 (0:42) 40%|████ | 4/10``: the
-        cell being run, the time since the notebook started, the notebook's latest output line."""
+        """The current progress line, e.g. ``[3/12] 05_neighbour_visualisation cell 5/6 (0:42) 40%|████ | 4/10``:
+        the cell being run, the time since the notebook started, the notebook's latest output line."""
         elapsed = _fmt_time(time.monotonic() - self._t0)
         return (f"{self.label} cell {self._cell}/{self.n_cells or '?'} ({elapsed})"
                 + (f" {self._line}" if self._line else ""))

@@ -4,7 +4,7 @@ A grid file names the notebooks each run executes, the parameters every run shar
 axes whose every combination is one *run* (one parameter set, as the NCG authors' ``params.py``)::
 
     name: mnist5k                  # optional (default: the file name)
-    only: [00-04]                  # notebooks per run (default: the whole suite); as `run --only`
+    only: [00-01]                  # notebooks per run (default: the whole suite); as `run --only`
     smoke: false
     parameters:                    # the same in every run (notebook parameters)
       dataset: mnist5k

@@ -110,6 +110,7 @@ PARAMETER_RULES: dict[str, tuple[tuple[type, ...], Callable[[Any], bool] | None,
     "ms": (_LIST, lambda v: len(v) > 0 and _ints(0)(v), "a non-empty list of integers >= 0"),
     "methods": (_LIST, lambda v: len(v) > 0 and _names(_methods)(v), "a non-empty list of training methods"),
     "feature_methods": (_LIST, lambda v: len(v) > 0 and _names(_methods)(v), "a non-empty list of training methods"),
+    "chance_methods": (_LIST, lambda v: len(v) > 0 and _names(_methods)(v), "a non-empty list of training methods"),
     "corruption": ((str,), _names(_corruption_names), "a corruption name"),
     "bn_corruption": ((str,), _names(_corruption_names), "a corruption name"),
     "corruptions": (_LIST + (type(None),), lambda v: v is None or (len(v) > 0 and _names(_corruption_names)(v)),
@@ -144,8 +145,8 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
 
 
 _ELEMENTS = {**{k: int for k in ("severities", "tent_severities", "ms", "ks", "held_out")},
-             **{k: str for k in ("methods", "feature_methods", "corruptions", "arms", "exclude", "borders",
-                                         "spaces")}}
+             **{k: str for k in ("methods", "feature_methods", "chance_methods", "corruptions", "arms", "exclude",
+                                 "borders", "spaces")}}
 
 
 def _rule_holds(key: str, value: Any) -> bool:

@@ -8,7 +8,7 @@ described by a *spec*, a dict of ``load_pretrained`` arguments plus a ``label``:
     {"label": "resnet50", "source": "torchvision", "checkpoint": "/data/resnet50-0676ba61.pth",
      "arch": "resnet50"}
 
-NCG is measured as in notebooks 01–03 (:func:`probelib.ncg.ncg_table`: NCG with bootstrap
+NCG is measured as in notebook 01 (:func:`probelib.ncg.ncg_table`: NCG with bootstrap
 intervals, χ² against chance, in-distribution NCG, McNemar against a reference model on the same
 points). Pixel space: 1-NN of the raw images. Feature space: 1-NN in the representation
 (``features``) of one *reference* model (spec §9: one declared representation for every model),

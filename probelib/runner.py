@@ -98,8 +98,8 @@ def select_notebooks(notebooks: Sequence[Notebook], only: Iterable[str] | str | 
                      skip: Iterable[str] | str | None = None) -> list[Notebook]:
     """The notebooks to run: ``only`` (if given) minus ``skip``, in suite order.
 
-    Each token is a number (``3`` or ``03``), a range (``30-33``), a file stem (``03_chi_square``)
-    or a short name (``chi_square``); comma-separated lists work too. An unknown token raises
+    Each token is a number (``5`` or ``05``), a range (``30-33``), a file stem (``01_ncg_tables``)
+    or a short name (``ncg_tables``); comma-separated lists work too. An unknown token raises
     a ValueError listing the valid names.
     """
     chosen = list(notebooks)

@@ -458,6 +458,10 @@ def test_runner_refuses_wrong_types_from_a_parameter_file(tmp_path, no_kernel):
     for only, text, match in (("30-33", "severities: [0, 1]\n", r"severities=\[0, 1\] is refused"),
                               ("01", "methods: [natural, trade]\n", r"methods=\['natural', 'trade'\] is refused"),
                               ("01", "spaces: [pixel, pxel]\n", r"spaces=\['pixel', 'pxel'\] is refused"),
+                              ("01", "chance_methods: [natural, trade]\n",
+                               r"chance_methods=\['natural', 'trade'\] is refused: chance_methods must be a non-empty list"),
+                              ("01", "n_bins: 0\n",
+                               r"n_bins=0 is refused: n_bins must be an integer >= 1 \(notebook 01_ncg_tables\)"),
                               ("30-33", "n_images: 2.5\n", r"n_images=2\.5 is refused"),
                               ("30-33", "arms: source\n", r"arms='source' is refused")):
         params.write_text(text)

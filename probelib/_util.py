@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import itertools
 import os
 import random
 from collections.abc import Iterable, Iterator
@@ -254,13 +255,14 @@ def iter_batches(data, batch_size: int = 512, device: torch.device | None = None
         yield _to_float_images(x.to(device, non_blocking=True))
 
 
+def _first_tensor(model: torch.nn.Module) -> torch.Tensor | None:
+    return next(itertools.chain(model.parameters(), model.buffers()), None)
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     """Where ``model``'s first parameter (or buffer) lives; CPU for a model with neither."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
+    t = _first_tensor(model)
+    return torch.device("cpu") if t is None else t.device
 
 
 def compute_device(model: torch.nn.Module, device: str | torch.device | None = None) -> torch.device:
@@ -271,8 +273,5 @@ def compute_device(model: torch.nn.Module, device: str | torch.device | None = N
     :func:`default_device` (``PROBELIB_DEVICE``, else CUDA when present, else CPU)."""
     if device is not None:
         return default_device(device)
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return default_device()
+    t = _first_tensor(model)
+    return default_device() if t is None else t.device

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from probelib._util import check_images, check_images_or_features, default_device
-from probelib.attacks._common import AttackResult, _check_count, _check_labels, eval_mode
+from probelib._util import check_images, compute_device
+from probelib.attacks._common import AttackResult, _check_count, _check_labels
 from probelib.attacks.minimum_norm import MIN_NORM_ATTACKS, STUDY_ATTACK, min_norm_attack
 from probelib.metrics import predict_labels
 
@@ -40,25 +40,6 @@ class ClosestAdversarial:
     pool_size: int
 
 
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512,
-            device: str | torch.device | None = None) -> torch.Tensor:
-    """Arg-max predictions of ``model`` on ``x`` in eval mode (caller's mode restored), on CPU.
-
-    ``device`` defaults to the one holding the model's parameters (CPU for a parameter-free model).
-    ``x``: images float in [0, 1] (N×C×H×W) or feature vectors (N×D); uint8 is refused.
-    """
-    check_images_or_features(x, "x")
-    if device is None:
-        params = list(model.parameters())
-        device = params[0].device if params else torch.device("cpu")
-    device = default_device(device)
-    out = []
-    with eval_mode(model):
-        for start in range(0, len(x), batch_size):
-            out.append(model(x[start:start + batch_size].to(device)).argmax(1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
-
-
 def closest_adversarial(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
                         nn_indices: np.ndarray | torch.Tensor, n: int = 300, seed: int = 0,
                         attack: str | Callable[..., AttackResult] = STUDY_ATTACK,
@@ -81,7 +62,7 @@ def closest_adversarial(model: nn.Module, train_x: torch.Tensor, train_y: torch.
     arguments; ``device``/``progress``/``name`` excluded), so a re-run loads it and any change
     recomputes it. A callable ``attack`` cannot be named in the key: pass it with ``store=False``.
     """
-    _checked_inputs(train_x, train_y, nn_indices, n)
+    nn_indices = _checked_inputs(train_x, train_y, nn_indices, n)
     if isinstance(attack, str):
         min_norm_attack(attack)  # an unknown name fails here, before any store lookup
     if store is False:
@@ -94,7 +75,7 @@ def closest_adversarial(model: nn.Module, train_x: torch.Tensor, train_y: torch.
                          f"(one of {sorted(MIN_NORM_ATTACKS)}), or a callable attack with store=False")
     st = default_store() if store is None or store is True else store
     hashed = {**attack_kwargs, "n": n, "seed": seed, "attack": attack}
-    key = fingerprint("closest_adversarial", model, train_x, train_y, np.asarray(nn_indices), hashed)
+    key = fingerprint("closest_adversarial", model, train_x, train_y, nn_indices, hashed)
 
     def compute() -> dict[str, np.ndarray]:
         r = _closest_adversarial(model, train_x, train_y, nn_indices, n=n, seed=seed, attack=attack,
@@ -124,17 +105,13 @@ def _checked_inputs(train_x: torch.Tensor, train_y: torch.Tensor, nn_indices, n:
 
 
 def _closest_adversarial(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
-                         nn_indices: np.ndarray | torch.Tensor, *, n: int, seed: int,
+                         nn_indices: np.ndarray, *, n: int, seed: int,
                          attack: str | Callable[..., AttackResult], device: str | torch.device | None,
                          progress: bool, **attack_kwargs) -> ClosestAdversarial:
-    """:func:`closest_adversarial`'s computation, uncached."""
-    nn_indices = _checked_inputs(train_x, train_y, nn_indices, n)
+    """:func:`closest_adversarial`'s computation, uncached, on inputs :func:`_checked_inputs` passed."""
     attack_fn, attack_name = ((min_norm_attack(attack), attack) if isinstance(attack, str)
                               else (attack, getattr(attack, "__name__", "custom")))
-    if device is None:
-        params = list(model.parameters())
-        device = params[0].device if params else default_device()
-    device = default_device(device)
+    device = compute_device(model, device)
 
     candidates = np.unique(nn_indices.ravel())
     index = torch.as_tensor(candidates)

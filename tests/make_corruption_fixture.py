@@ -16,6 +16,7 @@ corruption × severity 1..5 is applied with ``seed=7, first_index=5``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -60,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.out} exists; pass --force to overwrite it (only when the generator's output "
               "is meant to change).", file=sys.stderr)
         return 2
-    np.savez_compressed(args.out, **record())
+    tmp = args.out.with_name(args.out.name + ".partial")  # written whole, then renamed: never half a fixture
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **record())
+    os.replace(tmp, args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
     return 0
 

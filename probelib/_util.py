@@ -18,6 +18,14 @@ from tqdm.auto import tqdm
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
+def local_cores() -> int:
+    """The cores this process may run on (its CPU affinity; ``os.cpu_count()`` where that is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def default_device(device: str | torch.device | None = None) -> torch.device:
     """The device to compute on: ``device`` when given, else CUDA when present, else CPU.
 

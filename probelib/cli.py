@@ -52,7 +52,7 @@ def _add_only(p: argparse.ArgumentParser, help: str) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from probelib.parameters import notebook_parameters
-    from probelib.runner import discover_notebooks, run_suite, select_notebooks
+    from probelib.runner import default_jobs, discover_notebooks, run_suite, select_notebooks
 
     overrides = _parameters(args)
     if args.list:
@@ -63,7 +63,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         result = run_suite(notebooks_dir=args.notebooks, dataset=args.dataset, only=args.only,
                            skip=args.skip, parameters=overrides, smoke=args.smoke, out=args.out,
                            fresh=args.fresh, execution_timeout=args.timeout, keep_going=args.keep_going,
-                           progress_every=args.progress_every)
+                           progress_every=args.progress_every,
+                           jobs=default_jobs() if args.jobs == "auto" else args.jobs)
     except OSError as err:  # a full disk, a folder that became read-only: one line, no traceback
         if isinstance(err, FileNotFoundError) and err.filename is None:
             raise
@@ -94,7 +95,22 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
                    help="while a notebook runs, print its current cell and latest output line at most this "
                         "often (default: 10; 0: every cell and output)")
+    p.add_argument("--jobs", type=_jobs, default="auto", metavar="N",
+                   help="notebooks run side by side, each after the ones its metadata names (default: auto = "
+                        "the cores, at most 4; 1: one by one in suite order)")
     p.add_argument("--list", action="store_true", help="list the selected notebooks and their parameters, run nothing")
+
+
+def _jobs(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--jobs takes a whole number >= 1 or 'auto', not {text!r}")
+    return value
 
 
 # --------------------------------------------------------------------------- sweep

@@ -91,6 +91,7 @@ def save_table(df: pd.DataFrame, name: str, results_dir: str | os.PathLike, *,
         df.to_csv(tmp, float_format=float_format)
     with atomic_write(folder / f"{name}.tex") as tmp:
         tmp.write_text(df.to_latex(float_format=lambda v: float_format % v))
+    _record_output(csv)
     return csv
 
 
@@ -103,7 +104,33 @@ def save_figure(fig, name: str, results_dir: str | os.PathLike, *, dpi: int = 15
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     with atomic_write(folder / f"{name}.pdf") as tmp:
         fig.savefig(tmp, format="pdf", bbox_inches="tight")
+    _record_output(png)
     return png
+
+
+#: The runner sets this in each notebook's kernel: the file that :func:`save_table` and
+#: :func:`save_figure` append what they wrote to, so each notebook's outputs are known even when
+#: notebooks run side by side (``run --jobs``).
+OUTPUTS_LOG_ENV = "PROBELIB_OUTPUTS_LOG"
+
+
+def _record_output(path: Path) -> None:
+    log = os.environ.get(OUTPUTS_LOG_ENV)
+    if log:
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(f"{Path(path).resolve()}\n")
+
+
+def recorded_outputs(log: str | os.PathLike, out: Path) -> tuple[list[str], list[str]]:
+    """The table and figure names (stems) that a notebook's kernel recorded in ``log`` under ``out``."""
+    try:
+        lines = Path(log).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return [], []
+    out = out.resolve()
+    rel = [Path(line).relative_to(out).as_posix() for line in lines
+           if line and Path(line).is_relative_to(out) and Path(line).is_file()]  # a torn last line is dropped
+    return _stems(rel, "tables"), _stems(rel, "figures")
 
 
 def verdict(text: str, *, claim: str | None = None, paper: str | None = None, result: str | None = None,

@@ -7,6 +7,12 @@ stops at the first failing cell (keeping that notebook with its traceback), and 
 ``<out>/index.md`` and ``<out>/index.html`` (:mod:`probelib.report`). While it runs it prints one
 line per notebook with an estimate of the time left (from the previous run's per-notebook times)
 and, inside each notebook, the cell being run and its latest output line.
+
+With ``jobs`` > 1, notebooks run side by side: a notebook starts once the notebooks it runs after
+have finished. Each notebook says which in its metadata, ``"probelib": {"after": [stems]}``
+(without it: after every earlier notebook); ``"exclusive": true`` runs it alone with every core
+(``00_precompute``, which the others wait for). Other kernels get ``OMP_NUM_THREADS`` = cores //
+jobs, so side-by-side notebooks share the cores instead of fighting over them.
 """
 
 from __future__ import annotations
@@ -21,15 +27,16 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from probelib._util import unknown_name
+from probelib._util import local_cores, unknown_name
 from probelib.execute import CellProgress, execute_notebook, kernel_env
 from probelib.parameters import RESERVED, check_parameters, notebook_parameters
-from probelib.report import _fmt_time, _load_manifest, _snapshot, _stems, _version, write_report
+from probelib.report import OUTPUTS_LOG_ENV, _fmt_time, _load_manifest, _version, recorded_outputs, write_report
 
-__all__ = ["Notebook", "DEFAULT_NOTEBOOKS", "discover_notebooks", "select_notebooks", "NotebookResult",
-           "SuiteResult", "check_writable_dir", "run_suite"]
+__all__ = ["Notebook", "DEFAULT_NOTEBOOKS", "discover_notebooks", "select_notebooks", "RunOrder", "run_order",
+           "NotebookResult",
+           "SuiteResult", "check_writable_dir", "default_jobs", "run_suite"]
 
 
 # --------------------------------------------------------------------------- the notebook list
@@ -65,6 +72,69 @@ def discover_notebooks(folder: str | os.PathLike | None = None) -> list[Notebook
         if m and path.is_file():
             found.append(Notebook(int(m["number"]), m["name"], path.resolve()))
     return sorted(found, key=lambda nb: (nb.number, nb.name))
+
+
+def _order_metadata(nb: Notebook) -> tuple[list[str] | None, bool]:
+    """``(after, exclusive)`` from the notebook's ``"probelib"`` metadata (None: after every earlier one)."""
+    import json
+
+    try:
+        meta = json.loads(nb.path.read_text(encoding="utf-8")).get("metadata", {}).get("probelib", {})
+    except (OSError, ValueError, AttributeError) as err:
+        raise ValueError(f"cannot read notebook {str(nb.path)!r}: {err}; fix or remove the file") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{nb.path.name}: metadata 'probelib' must be a mapping, e.g. "
+                         '{"after": ["00_precompute"]}, not ' + repr(meta))
+    unknown = sorted(set(meta) - {"after", "exclusive"})
+    if unknown:
+        raise ValueError(f"{nb.path.name}: unknown key(s) {unknown} in metadata 'probelib' (known: after, exclusive)")
+    after, exclusive = meta.get("after"), meta.get("exclusive", False)
+    if after is not None and not (isinstance(after, list) and all(isinstance(a, str) for a in after)):
+        raise ValueError(f"{nb.path.name}: metadata probelib.after must be a list of notebook names such as "
+                         f'["00_precompute"], not {after!r}')
+    if not isinstance(exclusive, bool):
+        raise ValueError(f"{nb.path.name}: metadata probelib.exclusive must be true or false, not {exclusive!r}")
+    return after, exclusive
+
+
+class RunOrder(NamedTuple):
+    """When a chosen notebook may start: after ``after`` (chosen notebooks); ``exclusive``: alone;
+    ``declared``: ``after`` comes from its metadata, so it needs their results and is skipped when
+    one fails (an undeclared order, every earlier notebook, only orders: ``--keep-going`` runs it)."""
+
+    after: set[str]
+    exclusive: bool
+    declared: bool
+
+
+def run_order(chosen: Sequence[Notebook], notebooks: Sequence[Notebook]) -> dict[str, RunOrder]:
+    """For each chosen notebook, its :class:`RunOrder`.
+
+    ``after`` names earlier notebooks of ``notebooks`` by stem; one that is not chosen is taken as
+    done (its results are in the store). A name that is unknown, or not earlier, is refused.
+    """
+    position = {nb.stem: i for i, nb in enumerate(notebooks)}
+    chosen_stems = {nb.stem for nb in chosen}
+    order: dict[str, RunOrder] = {}
+    for nb in chosen:
+        after, exclusive = _order_metadata(nb)
+        if after is None:
+            needs = {other.stem for other in chosen if position[other.stem] < position[nb.stem]}
+        else:
+            for name in after:
+                if name not in position:
+                    raise unknown_name(f"notebook in {nb.path.name}'s metadata probelib.after", name, position)
+                if position[name] >= position[nb.stem]:
+                    raise ValueError(f"{nb.path.name}: metadata probelib.after names {name!r}, which is not an "
+                                     "earlier notebook; a notebook can only run after earlier ones")
+            needs = {name for name in after if name in chosen_stems}
+        order[nb.stem] = RunOrder(needs, exclusive, after is not None)
+    return order
+
+
+def default_jobs() -> int:
+    """``--jobs auto``: as many notebooks at a time as there are cores, at most 4."""
+    return max(1, min(4, local_cores()))
 
 
 def _match(token: str, notebooks: Sequence[Notebook]) -> list[Notebook]:
@@ -210,7 +280,7 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
               out: str | os.PathLike | None = None, fresh: bool = False,
               cwd: str | os.PathLike | None = None, execution_timeout: float | None = None,
               env: Mapping[str, str] | None = None, keep_going: bool = False, progress: bool = True,
-              progress_every: float = 10.0) -> SuiteResult:
+              progress_every: float = 10.0, jobs: int = 1) -> SuiteResult:
     """Run the ordered notebooks with papermill and write the results report.
 
     ``dataset`` goes to notebooks that declare a ``dataset`` parameter (None keeps each
@@ -228,6 +298,10 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
     times) and, while it runs, its progress (:class:`~probelib.execute.CellProgress`: the code cell
     being run and the notebook's latest output line, at most one line every ``progress_every``
     seconds) are printed; ``progress=False`` prints nothing.
+    ``jobs``: how many notebooks may run at once (see the module docstring for the order each
+    notebook declares); with ``jobs`` = 1 they run one by one in suite order. After a failure no
+    new notebook starts (the running ones finish); with ``keep_going`` only the notebooks that run
+    after a failed one are left out.
     """
     say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
     # ---- check everything before writing anything
@@ -267,6 +341,9 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
                        "a writable folder")
     if not (isinstance(progress_every, (int, float)) and math.isfinite(progress_every) and progress_every >= 0):
         raise ValueError(f"progress_every must be a finite number of seconds >= 0, got {progress_every!r}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a whole number of notebooks >= 1 (or --jobs auto), got {jobs!r}")
+    order = run_order(chosen, all_notebooks)
 
     started = time.time()
     env = {**kernel_env(started if fresh else None), **dict(env or {})}
@@ -281,21 +358,28 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
         results.append(NotebookResult(nb, "not run", parameters=params))
 
     say(f"probelib {_version()}: {len(chosen)} notebook(s) -> {out}"
-        + (" [smoke]" if smoke else "") + (" [fresh]" if fresh else ""))
+        + (" [smoke]" if smoke else "") + (" [fresh]" if fresh else "")
+        + (f" [{jobs} at a time]" if jobs > 1 else ""))
     out.mkdir(parents=True, exist_ok=True)
     previous = _previous_times(out)  # progress hook: the ETA comes from the last run's per-notebook times
+    threads = {} if jobs == 1 or "OMP_NUM_THREADS" in env or "OMP_NUM_THREADS" in os.environ else \
+        {"OMP_NUM_THREADS": str(max(1, local_cores() // jobs))}
     n = len(results)
-    for i, res in enumerate(results, 1):
+    by_stem = {r.notebook.stem: r for r in results}
+    # one at a time: suite order; side by side: the longest chain first
+    priority = _priorities(order, previous, smoke) if jobs > 1 else {stem: i for i, stem in enumerate(order)}
+    started_count = 0
+
+    def run_one(res: NotebookResult, label: str, logs: Path) -> None:
         nb = res.notebook
-        say(f"[{i}/{n}] {nb.stem} ... (elapsed {_fmt_time(time.time() - started)}"
-            f"{_eta([r.notebook.stem for r in results[i - 1:]], previous, smoke)})")
-        before = _snapshot(out)
+        log = logs / f"{nb.stem}.outputs"
+        kernel_env_nb = {**env, **({} if order[nb.stem].exclusive else threads), OUTPUTS_LOG_ENV: str(log)}
         t0 = time.time()
         output = out / "notebooks" / nb.path.name
-        cells = CellProgress(f"[{i}/{n}] {nb.stem}", say, progress_every) if progress else None
+        cells = CellProgress(label, say, progress_every) if progress else None
         try:
             with cells or contextlib.nullcontext():
-                execute_notebook(nb, output, res.parameters, cwd=cwd, env=env,
+                execute_notebook(nb, output, res.parameters, cwd=cwd, env=kernel_env_nb,
                                  execution_timeout=execution_timeout, progress=cells)
             res.status = "ok"
         except Exception as err:  # papermill's execution error, a dead kernel, a timeout
@@ -303,19 +387,56 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
             res.error = f"{type(err).__name__}: {err}".splitlines()[0][:500]
         res.elapsed_s = time.time() - t0
         res.output = output if output.exists() else None
-        after = _snapshot(out)
-        changed = [p for p, t in after.items() if before.get(p) != t]
-        res.tables, res.figures = _stems(changed, "tables"), _stems(changed, "figures")
+        res.tables, res.figures = recorded_outputs(log, out)
         if res.status == "failed":
             if res.output is not None:
                 res.error = _first_error(res.output) or res.error
-            say(f"[{i}/{n}] {nb.stem} FAILED after {res.elapsed_s:.1f} s: {res.error}")
+            say(f"{label} FAILED after {res.elapsed_s:.1f} s: {res.error}")
             where = res.output if res.output is not None else "(no output notebook was written)"
             say(f"  executed notebook with the traceback: {where}")
-            if not keep_going:
+        else:
+            say(f"{label} ok in {res.elapsed_s:.1f} s")
+
+    import tempfile
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    pending = [r.notebook.stem for r in results]
+    running: dict[Any, str] = {}
+    stopped = False
+    with tempfile.TemporaryDirectory(prefix="probelib-run-") as logs, \
+            ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="notebook") as pool:
+        while pending or running:
+            busy = set(running.values())
+            for stem in list(pending):  # one that needs a failed (or skipped) notebook's results is skipped
+                blocked = sorted(d for d in order[stem].after if by_stem[d].status == "failed"
+                                 or (d not in pending and d not in busy and by_stem[d].status == "not run"))
+                if blocked and order[stem].declared:
+                    pending.remove(stem)
+                    by_stem[stem].error = f"not run: it runs after {blocked[0]}, which did not finish"
+            if not stopped:
+                ready = sorted((stem for stem in pending if not (order[stem].after & (set(pending) | busy))),
+                               key=lambda stem: priority[stem])
+                for stem in ready:
+                    exclusive = order[stem].exclusive
+                    if len(running) >= jobs or any(order[r].exclusive for r in busy) or (exclusive and running):
+                        break
+                    pending.remove(stem)
+                    started_count += 1
+                    label = f"[{started_count}/{n}] {stem}"
+                    say(f"{label} ... (elapsed {_fmt_time(time.time() - started)}"
+                        + _eta([stem, *pending], previous, smoke, left=jobs == 1) + ")")
+                    running[pool.submit(run_one, by_stem[stem], label, Path(logs))] = stem
+                    busy.add(stem)
+                    if exclusive:
+                        break
+            if not running:
                 break
-            continue
-        say(f"[{i}/{n}] {nb.stem} ok in {res.elapsed_s:.1f} s")
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                stem = running.pop(future)
+                future.result()  # run_one records every notebook error; anything else is a bug: raise it
+                if by_stem[stem].status == "failed" and not keep_going:
+                    stopped = True
 
     elapsed = time.time() - started
     run_info = {"started": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds"),
@@ -344,13 +465,35 @@ def _previous_times(out: Path) -> dict[str, dict[str, Any]]:
     return times
 
 
-def _eta(remaining: Sequence[str], previous: Mapping[str, Mapping[str, Any]], smoke: bool) -> str:
-    """``"; this one ~m:ss, left ~m:ss"`` from earlier runs of the same size, or "" when unknown."""
+def _eta(remaining: Sequence[str], previous: Mapping[str, Mapping[str, Any]], smoke: bool, left: bool = True) -> str:
+    """``"; last run took m:ss, left ~m:ss"`` (``remaining[0]`` is the notebook starting) from earlier
+    runs of the same size, or "" when unknown; ``left=False``: this notebook's time only."""
     known = [previous[s]["elapsed_s"] for s in remaining if s in previous and previous[s]["smoke"] == smoke]
     if not remaining or remaining[0] not in previous or previous[remaining[0]]["smoke"] != smoke:
-        return "" if not known else f"; left ≥ ~{_fmt_time(sum(known))} by the last run's times"
-    left = f"~{_fmt_time(sum(known))}" if len(known) == len(remaining) else f"≥ ~{_fmt_time(sum(known))}"
-    return f"; last run took {_fmt_time(previous[remaining[0]]['elapsed_s'])}, left {left}"
+        return "" if not known or not left else f"; left ≥ ~{_fmt_time(sum(known))} by the last run's times"
+    took = f"; last run took {_fmt_time(previous[remaining[0]]['elapsed_s'])}"
+    if not left:
+        return took
+    left_text = f"~{_fmt_time(sum(known))}" if len(known) == len(remaining) else f"≥ ~{_fmt_time(sum(known))}"
+    return f"{took}, left {left_text}"
+
+
+def _priorities(order: Mapping[str, RunOrder], previous: Mapping[str, Mapping[str, Any]],
+                smoke: bool) -> dict[str, tuple[float, int, int]]:
+    """Which ready notebook starts first: the one heading the longest chain of notebooks that run after
+    it (by the last run's times, else one unit each), then the one more notebooks wait for, then
+    suite order. A sort key: smaller starts first."""
+    stems = list(order)
+    cost = {s: previous[s]["elapsed_s"] if s in previous and previous[s]["smoke"] == smoke else 1.0 for s in stems}
+    if any(s not in previous or previous[s]["smoke"] != smoke for s in stems):
+        cost = {s: 1.0 for s in stems}  # mixed units would mislead: all or nothing
+    after_me = {s: [t for t in stems if s in order[t].after] for s in stems}
+    chain: dict[str, float] = {}
+    waiting: dict[str, set[str]] = {}
+    for s in reversed(stems):  # every notebook runs after earlier ones only
+        chain[s] = cost[s] + max((chain[t] for t in after_me[s]), default=0.0)
+        waiting[s] = set(after_me[s]).union(*(waiting[t] for t in after_me[s]))
+    return {s: (-chain[s], -len(waiting[s]), i) for i, s in enumerate(stems)}
 
 
 def _from_cli() -> bool:

@@ -36,7 +36,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: no locks, sweeps by age only
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["atomic_write", "writer_temporary", "remove_stale_temporaries", "STALE_AFTER_S", "fingerprint", "file_sha256", "Store", "default_store"]
+__all__ = ["atomic_write", "writer_temporary", "one_writer", "remove_stale_temporaries", "STALE_AFTER_S", "fingerprint", "file_sha256", "Store", "default_store"]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -184,6 +184,23 @@ def writer_temporary(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[
         finally:
             lock.unlink(missing_ok=True)
             os.close(lock_fd)
+
+
+@contextlib.contextmanager
+def one_writer(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created if missing, never deleted: removing
+    it would let two writers lock two different files) while the block runs, so processes that
+    would compute the same thing (notebooks run side by side) do it one after the other; the
+    second then finds the first's result. Where there are no locks, the block runs unlocked."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 @contextlib.contextmanager

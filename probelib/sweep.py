@@ -32,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from probelib._util import local_cores
 from probelib.execute import kernel_env
 from probelib.grid import DONE_MARKER, Grid, RunSpec, load_grid, plan_runs
 from probelib.store import write_text_atomic
@@ -138,14 +139,6 @@ def _run_local(todo: list[RunSpec], progress: bool) -> Iterable[dict[str, Any]]:
         yield outcome
 
 
-def _local_cores() -> int:
-    """The cores this process may run on (its CPU affinity; ``os.cpu_count()`` where that is unknown)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 #: Environment of a local Ray instance's processes: the package importable in every worker without a
 #: runtime_env (workers for a job runtime_env are started for it, so the ones Ray prestarts at start-up
 #: may sit idle), and no usage-stats reporting.
@@ -174,7 +167,7 @@ def _start_local_ray(num_cpus: int | None = None, *, progress: bool = True, atte
         os.environ.update(env)
         for attempt in range(1, attempts + 1):
             try:
-                ray.init(num_cpus=num_cpus or _local_cores(), include_dashboard=False, log_to_driver=progress,
+                ray.init(num_cpus=num_cpus or local_cores(), include_dashboard=False, log_to_driver=progress,
                          _system_config=_LOCAL_RAY_CONFIG)
                 break
             except Exception as err:  # Ray raises a bare Exception for the start-up timeout

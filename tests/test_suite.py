@@ -207,3 +207,155 @@ def test_report_lists_each_verdict_once(tmp_path):
             "fresh": False, "overrides": {}}
     index_md, index_html = write_report(tmp_path, [result], info)
     assert index_md.read_text().count("A: YES") == 1 and index_html.read_text().count("A: YES") == 1
+
+
+# --------------------------------------------------------------------------- notebooks side by side (--jobs)
+
+SIDE = '''\
+import json, os, time
+import pandas as pd
+from probelib.report import save_table
+start = time.time()
+time.sleep(pause)
+save_table(pd.DataFrame({"x": [1]}), f"tab_{tag}", results_dir)
+with open(os.path.join(results_dir, f"span_{tag}.json"), "w") as fh:
+    json.dump({"start": start, "end": time.time(), "threads": os.environ.get("OMP_NUM_THREADS")}, fh)
+if fail:
+    raise RuntimeError(f"deliberate failure in {tag}")
+'''
+
+
+def _side_suite(folder: Path, after: dict[str, list[str] | None], exclusive: tuple[str, ...] = (),
+                fail: tuple[str, ...] = (), pause: float = 3.0) -> Path:
+    folder.mkdir()
+    for stem, names in after.items():
+        path = _write(folder, stem, SIDE, f'results_dir = "r"\ntag = "{stem}"\npause = {pause}\n'
+                                          f'fail = {stem in fail}\n')
+        nb = nbformat.read(str(path), as_version=4)
+        meta = {} if names is None else {"after": names}
+        if stem in exclusive:
+            meta["exclusive"] = True
+        if meta:
+            nb.metadata["probelib"] = meta
+        nbformat.write(nb, path)
+    return folder
+
+
+def _spans(out: Path) -> dict[str, dict]:
+    return {p.stem[len("span_"):]: json.loads(p.read_text()) for p in out.glob("span_*.json")}
+
+
+@pytest.mark.slow
+def test_jobs_run_notebooks_side_by_side_in_their_declared_order(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("probelib.runner.local_cores", lambda: 4)
+    folder = _side_suite(tmp_path / "nb", {"00_first": [], "01_a": ["00_first"], "02_b": ["00_first"],
+                                           "03_c": ["01_a", "02_b"]}, exclusive=("00_first",))
+    out = tmp_path / "res"
+    result = run_suite(notebooks_dir=folder, out=out, jobs=2, progress=False)
+    assert result.ok, [r.error for r in result.results]
+    span = _spans(out)
+    assert span["01_a"]["start"] < span["02_b"]["end"] and span["02_b"]["start"] < span["01_a"]["end"]  # overlap
+    assert span["00_first"]["end"] <= min(span["01_a"]["start"], span["02_b"]["start"])
+    assert span["03_c"]["start"] >= max(span["01_a"]["end"], span["02_b"]["end"])
+    # 4 cores, 2 at a time: 2 threads per kernel; the exclusive notebook keeps the default (every core)
+    assert span["01_a"]["threads"] == "2" and span["00_first"]["threads"] is None
+    # each notebook's tables are its own, although they were written while another notebook ran
+    assert {r.notebook.stem: r.tables for r in result.results} == \
+        {s: [f"tab_{s}"] for s in ("00_first", "01_a", "02_b", "03_c")}
+    manifest = json.loads((out / "suite.json").read_text())
+    assert manifest["notebooks"]["02_b"]["tables"] == ["tab_02_b"]
+
+
+@pytest.mark.slow
+def test_jobs_failure_skips_what_needs_it(tmp_path):
+    after = {"00_bad": [], "01_needs_bad": ["00_bad"], "02_free": [], "03_plain": None}
+    folder = _side_suite(tmp_path / "nb", after, fail=("00_bad",), pause=0.0)
+    out = tmp_path / "res"
+    result = run_suite(notebooks_dir=folder, out=out, jobs=2, keep_going=True, progress=False)
+    status = {r.notebook.stem: r.status for r in result.results}
+    # 01 needs 00's results (declared): skipped; 02 declares nothing to wait for; 03 (no metadata)
+    # only runs after the earlier ones, so --keep-going runs it
+    assert status == {"00_bad": "failed", "01_needs_bad": "not run", "02_free": "ok", "03_plain": "ok"}
+    skipped = next(r for r in result.results if r.notebook.stem == "01_needs_bad")
+    assert "00_bad" in skipped.error
+    # without --keep-going nothing new starts after the failure (the order puts 00 first, alone)
+    out2 = tmp_path / "res2"
+    folder2 = _side_suite(tmp_path / "nb2", after, exclusive=("00_bad",), fail=("00_bad",), pause=0.0)
+    result = run_suite(notebooks_dir=folder2, out=out2, jobs=2, progress=False)
+    assert [r.status for r in result.results] == ["failed", "not run", "not run", "not run"]
+
+
+def test_bad_order_metadata_is_refused_before_anything_runs(tmp_path):
+    cases = [({"00_a": [], "01_b": ["02_c"], "02_c": []}, "not an earlier notebook"),
+             ({"00_a": [], "01_b": ["00_aa"]}, r"unknown notebook.*'00_aa'.*00_a"),
+             ({"00_a": [], "01_b": "00_a"}, "must be a list of notebook names")]
+    for i, (after, message) in enumerate(cases):
+        folder = tmp_path / f"nb{i}"
+        folder.mkdir()
+        for stem, names in after.items():
+            path = _write(folder, stem, "pass", 'results_dir = "r"\n')
+            nb = nbformat.read(str(path), as_version=4)
+            nb.metadata["probelib"] = {"after": names}
+            nbformat.write(nb, path)
+        out = tmp_path / f"res{i}"
+        with pytest.raises(ValueError, match=message):
+            run_suite(notebooks_dir=folder, out=out, jobs=2, progress=False)
+        assert not out.exists()
+    folder = tmp_path / "nb_excl"
+    folder.mkdir()
+    path = _write(folder, "00_a", "pass", 'results_dir = "r"\n')
+    nb = nbformat.read(str(path), as_version=4)
+    nb.metadata["probelib"] = {"exclusive": "yes"}
+    nbformat.write(nb, path)
+    with pytest.raises(ValueError, match="exclusive must be true or false"):
+        run_suite(notebooks_dir=folder, out=tmp_path / "r", progress=False)
+    for jobs in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="jobs must be a whole number"):
+            run_suite(notebooks_dir=folder, out=tmp_path / "r", jobs=jobs, progress=False)
+
+
+def test_jobs_on_the_command_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--jobs", "0"])
+    assert "--jobs takes a whole number >= 1 or 'auto'" in capsys.readouterr().err
+
+
+def test_the_suite_declares_a_valid_order():
+    from probelib.runner import run_order
+
+    notebooks = discover_notebooks()
+    order = run_order(notebooks, notebooks)
+    assert order["00_precompute"].exclusive and order["00_precompute"].after == set()
+    # every notebook that uses the NCG models notebook 00 trains runs after it
+    for stem in ("01_ncg_tables", "05_neighbour_visualisation", "06_pretrained_ncg", "10_robustness",
+                 "20_corrupted_ncg", "40_severity_explorer"):
+        assert "00_precompute" in order[stem].after, stem
+    assert "06_pretrained_ncg" in order["20_corrupted_ncg"].after  # 20 reuses 06's corrupted-set predictions
+    for stem in ("31_label_shift", "32_black_border", "33_ncg_under_adabn"):
+        assert order[stem].after == {"30_adabn_shift_grid"}, stem  # the AdaBN model notebook 30 trains
+    assert all(o.declared for o in order.values())
+
+
+def test_one_writer_lets_one_holder_in_at_a_time(tmp_path):
+    import threading
+    import time
+
+    from probelib.store import one_writer
+
+    lock = tmp_path / "sub" / ".x.lock"
+    inside, events = threading.Event(), []
+
+    def second():
+        inside.wait()
+        with one_writer(lock):
+            events.append("second in")
+
+    t = threading.Thread(target=second)
+    t.start()
+    with one_writer(lock):
+        inside.set()
+        time.sleep(0.5)
+        events.append("first out")
+    t.join(10)
+    assert events == ["first out", "second in"] and lock.exists()

@@ -200,7 +200,8 @@ def test_local_ray_start_passes_the_package_by_environment_and_restores_it(monke
     A start that timed out (a busy machine) is retried. Ray itself is not started (ray.init is faked)."""
     ray = pytest.importorskip("ray")
     from probelib.execute import kernel_env
-    from probelib.sweep import _local_cores, _start_local_ray
+    from probelib._util import local_cores
+    from probelib.sweep import _start_local_ray
 
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
     monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
@@ -218,6 +219,6 @@ def test_local_ray_start_passes_the_package_by_environment_and_restores_it(monke
     assert len(calls) == 2
     kwargs, path, stats = calls[-1]
     assert path == expected_path and expected_path.endswith(os.pathsep + "/elsewhere") and stats == "0"
-    assert kwargs["num_cpus"] == _local_cores() and "runtime_env" not in kwargs
+    assert kwargs["num_cpus"] == local_cores() and "runtime_env" not in kwargs
     assert kwargs["include_dashboard"] is False and kwargs["log_to_driver"] is False
     assert os.environ["PYTHONPATH"] == "/elsewhere" and "RAY_USAGE_STATS_ENABLED" not in os.environ

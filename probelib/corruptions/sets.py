@@ -349,13 +349,18 @@ def ensure_mnist5k_c(root: str | os.PathLike | None = None, progress: bool = Tru
     interrupted or stale set is regenerated (only the parts that need it)."""
     from probelib.data import data_fingerprint, data_root
 
+    from probelib.store import one_writer
+
     folder = data_root(root) / PUBLISHED["mnist5k-c"].folder
     provenance = {"mnist5k_files": data_fingerprint("mnist5k", root)}
     if _mnist5k_c_complete(folder, provenance):
         return folder
-    x, y = _source_images("mnist5k", "test", root)
-    return write_corrupted(x, y, folder, CORRUPTIONS, SEVERITIES, 0, dataset="mnist5k", split="test",
-                           progress=progress, provenance=provenance)
+    with one_writer(folder.parent / f".{folder.name}.lock"):  # notebooks side by side generate it once
+        if _mnist5k_c_complete(folder, provenance):
+            return folder
+        x, y = _source_images("mnist5k", "test", root)
+        return write_corrupted(x, y, folder, CORRUPTIONS, SEVERITIES, 0, dataset="mnist5k", split="test",
+                               progress=progress, provenance=provenance)
 
 
 def _split_list(text: str | None, kind: str) -> list[str] | None:

@@ -24,7 +24,9 @@ from probelib.report import _fmt_time
 if TYPE_CHECKING:  # pragma: no cover
     from probelib.runner import Notebook
 
-__all__ = ["kernel_manager_class", "kernel_env", "CellProgress", "execute_notebook"]
+__all__ = ["kernel_manager_class", "kernel_env", "kill_running_kernels", "CellProgress", "execute_notebook"]
+
+_KERNELS: Any = None  # weakref.WeakSet of the kernel managers this process started (made on first use)
 
 
 # --------------------------------------------------------------------------- the kernel
@@ -48,9 +50,15 @@ def kernel_manager_class(env: Mapping[str, str] | None = None) -> type:
         language="python", env=dict(env or {}),
         metadata={"debugger": True, "supported_encryption": ["curve"]})  # as ipykernel's own spec
 
+    global _KERNELS
+    if _KERNELS is None:
+        import weakref
+        _KERNELS = weakref.WeakSet()
+
     class ThisInterpreterKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs: Any):
             super().__init__(**kwargs)
+            _KERNELS.add(self)
             self.client_factory = client_class
             if zmq.has("curve"):  # encrypt kernel traffic where libzmq can (silences ipykernel's warning)
                 self.transport_encryption = "auto"
@@ -60,6 +68,30 @@ def kernel_manager_class(env: Mapping[str, str] | None = None) -> type:
             return spec
 
     return ThisInterpreterKernelManager
+
+
+def kill_running_kernels() -> int:
+    """Kill (SIGKILL, with their process groups) the kernels this process started that still run; return
+    how many. The runner calls it on Ctrl-C: a kernel runs in its own session, so the terminal's
+    interrupt does not reach it, and a notebook run in a worker thread would otherwise go on."""
+    import signal
+
+    killed = 0
+    for km in list(_KERNELS or ()):
+        provisioner = getattr(km, "provisioner", None)
+        process = getattr(provisioner, "process", None)
+        if process is None or process.poll() is not None:  # gone (and reaped): its pid may be reused
+            continue
+        pgid = getattr(provisioner, "pgid", None)  # the kernel's own session: it and its children
+        try:
+            if pgid:
+                os.killpg(pgid, signal.SIGKILL)
+            else:
+                process.kill()
+            killed += 1
+        except (ProcessLookupError, PermissionError):
+            pass
+    return killed
 
 
 def _polling_client_class() -> type:

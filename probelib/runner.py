@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from probelib._util import local_cores, unknown_name
-from probelib.execute import CellProgress, execute_notebook, kernel_env
+from probelib.execute import CellProgress, execute_notebook, kernel_env, kill_running_kernels
 from probelib.parameters import RESERVED, check_parameters, notebook_parameters
 from probelib.report import OUTPUTS_LOG_ENV, _fmt_time, _load_manifest, _version, recorded_outputs, write_report
 
@@ -405,38 +405,42 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
     stopped = False
     with tempfile.TemporaryDirectory(prefix="probelib-run-") as logs, \
             ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="notebook") as pool:
-        while pending or running:
-            busy = set(running.values())
-            for stem in list(pending):  # one that needs a failed (or skipped) notebook's results is skipped
-                blocked = sorted(d for d in order[stem].after if by_stem[d].status == "failed"
-                                 or (d not in pending and d not in busy and by_stem[d].status == "not run"))
-                if blocked and order[stem].declared:
-                    pending.remove(stem)
-                    by_stem[stem].error = f"not run: it runs after {blocked[0]}, which did not finish"
-            if not stopped:
-                ready = sorted((stem for stem in pending if not (order[stem].after & (set(pending) | busy))),
-                               key=lambda stem: priority[stem])
-                for stem in ready:
-                    exclusive = order[stem].exclusive
-                    if len(running) >= jobs or any(order[r].exclusive for r in busy) or (exclusive and running):
-                        break
-                    pending.remove(stem)
-                    started_count += 1
-                    label = f"[{started_count}/{n}] {stem}"
-                    say(f"{label} ... (elapsed {_fmt_time(time.time() - started)}"
-                        + _eta([stem, *pending], previous, smoke, left=jobs == 1) + ")")
-                    running[pool.submit(run_one, by_stem[stem], label, Path(logs))] = stem
-                    busy.add(stem)
-                    if exclusive:
-                        break
-            if not running:
-                break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                stem = running.pop(future)
-                future.result()  # run_one records every notebook error; anything else is a bug: raise it
-                if by_stem[stem].status == "failed" and not keep_going:
-                    stopped = True
+        try:
+            while pending or running:
+                busy = set(running.values())
+                for stem in list(pending):  # one that needs a failed (or skipped) notebook's results is skipped
+                    blocked = sorted(d for d in order[stem].after if by_stem[d].status == "failed"
+                                     or (d not in pending and d not in busy and by_stem[d].status == "not run"))
+                    if blocked and order[stem].declared:
+                        pending.remove(stem)
+                        by_stem[stem].error = f"not run: it runs after {blocked[0]}, which did not finish"
+                if not stopped:
+                    ready = sorted((stem for stem in pending if not (order[stem].after & (set(pending) | busy))),
+                                   key=lambda stem: priority[stem])
+                    for stem in ready:
+                        exclusive = order[stem].exclusive
+                        if len(running) >= jobs or any(order[r].exclusive for r in busy) or (exclusive and running):
+                            break
+                        pending.remove(stem)
+                        started_count += 1
+                        label = f"[{started_count}/{n}] {stem}"
+                        say(f"{label} ... (elapsed {_fmt_time(time.time() - started)}"
+                            + _eta([stem, *pending], previous, smoke, left=jobs == 1) + ")")
+                        running[pool.submit(run_one, by_stem[stem], label, Path(logs))] = stem
+                        busy.add(stem)
+                        if exclusive:
+                            break
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    stem = running.pop(future)
+                    future.result()  # run_one records every notebook error; anything else is a bug: raise it
+                    if by_stem[stem].status == "failed" and not keep_going:
+                        stopped = True
+        except BaseException:  # Ctrl-C (or a bug here): stop the running notebooks now, not when they end
+            kill_running_kernels()
+            raise
 
     elapsed = time.time() - started
     run_info = {"started": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds"),

@@ -359,3 +359,43 @@ def test_one_writer_lets_one_holder_in_at_a_time(tmp_path):
         events.append("first out")
     t.join(10)
     assert events == ["first out", "second in"] and lock.exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_notebooks_running_side_by_side(tmp_path):
+    """Kernels run in their own sessions: the terminal's Ctrl-C reaches only the runner, which must
+    stop them (it used to wait for them to finish once notebooks ran in worker threads)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    folder = tmp_path / "nb"
+    folder.mkdir()
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    for stem in ("01_a", "02_b"):
+        path = _write(folder, stem, f"import os, time\nopen(r'{pids}/{stem}', 'w').write(str(os.getpid()))\n"
+                                    "time.sleep(300)\n", 'results_dir = "r"\n')
+        nb = nbformat.read(str(path), as_version=4)
+        nb.metadata["probelib"] = {"after": []}
+        nbformat.write(nb, path)
+    proc = subprocess.Popen([sys.executable, "-m", "probelib", "run", "--notebooks", str(folder), "--out",
+                             str(tmp_path / "res"), "--jobs", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while len(list(pids.iterdir())) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        kernels = [int(p.read_text()) for p in pids.iterdir()]
+        assert len(kernels) == 2, "both notebooks should be running side by side"
+        started = time.time()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        assert time.time() - started < 30
+        time.sleep(0.5)
+        for pid in kernels:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)  # the kernel is gone, not left sleeping
+    finally:
+        if proc.poll() is None:
+            proc.kill()

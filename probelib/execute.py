@@ -15,6 +15,7 @@ import platform
 import re
 import sys
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["kernel_manager_class", "kernel_env", "kill_running_kernels", "CellProgress", "execute_notebook"]
 
-_KERNELS: Any = None  # weakref.WeakSet of the kernel managers this process started (made on first use)
+_KERNELS: weakref.WeakSet = weakref.WeakSet()  # the kernel managers this process started
 
 
 # --------------------------------------------------------------------------- the kernel
@@ -50,11 +51,6 @@ def kernel_manager_class(env: Mapping[str, str] | None = None) -> type:
         language="python", env=dict(env or {}),
         metadata={"debugger": True, "supported_encryption": ["curve"]})  # as ipykernel's own spec
 
-    global _KERNELS
-    if _KERNELS is None:
-        import weakref
-        _KERNELS = weakref.WeakSet()
-
     class ThisInterpreterKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs: Any):
             super().__init__(**kwargs)
@@ -77,7 +73,7 @@ def kill_running_kernels() -> int:
     import signal
 
     killed = 0
-    for km in list(_KERNELS or ()):
+    for km in list(_KERNELS):
         provisioner = getattr(km, "provisioner", None)
         process = getattr(provisioner, "process", None)
         if process is None or process.poll() is not None:  # gone (and reaped): its pid may be reused

@@ -415,7 +415,8 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
                         pending.remove(stem)
                         by_stem[stem].error = f"not run: it runs after {blocked[0]}, which did not finish"
                 if not stopped:
-                    ready = sorted((stem for stem in pending if not (order[stem].after & (set(pending) | busy))),
+                    unfinished = set(pending) | busy
+                    ready = sorted((stem for stem in pending if not order[stem].after & unfinished),
                                    key=lambda stem: priority[stem])
                     for stem in ready:
                         exclusive = order[stem].exclusive
@@ -488,9 +489,8 @@ def _priorities(order: Mapping[str, RunOrder], previous: Mapping[str, Mapping[st
     it (by the last run's times, else one unit each), then the one more notebooks wait for, then
     suite order. A sort key: smaller starts first."""
     stems = list(order)
-    cost = {s: previous[s]["elapsed_s"] if s in previous and previous[s]["smoke"] == smoke else 1.0 for s in stems}
-    if any(s not in previous or previous[s]["smoke"] != smoke for s in stems):
-        cost = {s: 1.0 for s in stems}  # mixed units would mislead: all or nothing
+    known = {s: previous[s]["elapsed_s"] for s in stems if s in previous and previous[s]["smoke"] == smoke}
+    cost = known if len(known) == len(stems) else dict.fromkeys(stems, 1.0)  # mixed units would mislead
     after_me = {s: [t for t in stems if s in order[t].after] for s in stems}
     chain: dict[str, float] = {}
     waiting: dict[str, set[str]] = {}

@@ -348,7 +348,6 @@ def ensure_mnist5k_c(root: str | os.PathLike | None = None, progress: bool = Tru
     manifest commits every file and the files match it); return its folder. A damaged,
     interrupted or stale set is regenerated (only the parts that need it)."""
     from probelib.data import data_fingerprint, data_root
-
     from probelib.store import one_writer
 
     folder = data_root(root) / PUBLISHED["mnist5k-c"].folder

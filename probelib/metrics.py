@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from probelib._util import (check_finite_outputs, check_images_or_features, check_name, compute_device, default_device,
-                            eval_mode, iter_batches)
+from probelib._util import (INFERENCE_BATCH_SIZE, check_finite_outputs, check_images_or_features, check_name,
+                            compute_device, default_device, eval_mode, iter_batches)
 from probelib.store import Store, default_store, fingerprint
 
 __all__ = ["accuracy", "mean_confidence", "confidences", "rms_calibration_error", "CALIBRATION_VARIANTS",
@@ -146,7 +146,7 @@ def classification_metrics(logits, labels, bin_size: int = 100, n_bins: int = 15
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data, *, batch_size: int = 512, device: str | torch.device | None = None,
+def predict(model: nn.Module, data, *, batch_size: int = INFERENCE_BATCH_SIZE, device: str | torch.device | None = None,
             desc: str | None = "predict") -> torch.Tensor:
     """Logits (float32, CPU, N×C) of ``model`` in eval mode on ``data`` (tensor, Dataset or DataLoader).
 
@@ -163,7 +163,7 @@ def predict(model: nn.Module, data, *, batch_size: int = 512, device: str | torc
 
 
 def predict_labels(model: nn.Module, x: torch.Tensor, *, store: Store | None | bool = None,
-                   name: str = "predictions", batch_size: int = 512,
+                   name: str = "predictions", batch_size: int = INFERENCE_BATCH_SIZE,
                    device: str | torch.device | None = None) -> np.ndarray:
     """Arg-max labels (int64 numpy, N) of ``model`` in eval mode on ``x``: :func:`predict`'s logits' argmax.
 

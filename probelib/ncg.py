@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from probelib._util import check_labels
+from probelib._util import INFERENCE_BATCH_SIZE, check_labels
 from probelib.metrics import predict_labels
 from probelib.report import Verdict
 from probelib.stats import bootstrap_ci, chi_square_vs_chance, mcnemar, mcnemar_counts, pearson  # noqa: F401 (re-exported)
@@ -109,7 +109,7 @@ def _store(store) -> Store | None:
 
 
 def feature_splits(splits, backbone: torch.nn.Module, *, store: Store | None | bool = None,
-                   device=None, batch_size: int = 512):
+                   device=None, batch_size: int = INFERENCE_BATCH_SIZE):
     """The same splits with images replaced by ``backbone.features`` (the frozen representation
     of a naturally trained model, spec §1.3); cached in the store by (weights, images, labels)."""
     from probelib.data import Splits, TensorSet, as_tensors

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from probelib._util import compute_device, eval_mode, iter_batches, unknown_name
+from probelib._util import INFERENCE_BATCH_SIZE, compute_device, eval_mode, iter_batches, unknown_name
 from probelib.models.checkpoint import (CheckpointError, CheckpointMismatchError, UnsafeCheckpointError,
                                         load_checkpoint, read_checkpoint, save_checkpoint)
 from probelib.models.cnn import CNN002
@@ -143,7 +143,7 @@ def prefer_channels_last(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, data: torch.Tensor | Dataset, *, batch_size: int = 512,
+def extract_features(model: nn.Module, data: torch.Tensor | Dataset, *, batch_size: int = INFERENCE_BATCH_SIZE,
                      device: str | torch.device | None = None, desc: str | None = "features") -> torch.Tensor:
     """``model.features`` of every item of ``data`` (a tensor, TensorSet, Dataset or DataLoader) in order.
 

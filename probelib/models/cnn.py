@@ -34,17 +34,17 @@ class CNN002(nn.Module):
                              "for tiny images such as the 8×8 'digits'.")
         self.feature_dim = 64 * side * side
         self.conv = nn.Sequential(OrderedDict([
-            ("conv1", nn.Conv2d(in_channels, 32, 3)), ("relu1", nn.ReLU()),
-            ("conv2", nn.Conv2d(32, 32, 3)), ("relu2", nn.ReLU()),
+            ("conv1", nn.Conv2d(in_channels, 32, 3)), ("relu1", nn.ReLU(inplace=True)),
+            ("conv2", nn.Conv2d(32, 32, 3)), ("relu2", nn.ReLU(inplace=True)),
             ("maxpool1", nn.MaxPool2d(2, 2)),
-            ("conv3", nn.Conv2d(32, 64, 3)), ("relu3", nn.ReLU()),
-            ("conv4", nn.Conv2d(64, 64, 3)), ("relu4", nn.ReLU()),
+            ("conv3", nn.Conv2d(32, 64, 3)), ("relu3", nn.ReLU(inplace=True)),
+            ("conv4", nn.Conv2d(64, 64, 3)), ("relu4", nn.ReLU(inplace=True)),
             ("maxpool2", nn.MaxPool2d(2, 2)),
         ]))
         self.classifier = nn.Sequential(OrderedDict([
-            ("fc1", nn.Linear(self.feature_dim, 200)), ("relu1", nn.ReLU()),
+            ("fc1", nn.Linear(self.feature_dim, 200)), ("relu1", nn.ReLU(inplace=True)),
             ("drop", nn.Dropout(dropout)),
-            ("fc2", nn.Linear(200, 200)), ("relu2", nn.ReLU()),
+            ("fc2", nn.Linear(200, 200)), ("relu2", nn.ReLU(inplace=True)),
             ("fc3", nn.Linear(200, num_classes)),
         ]))
         for m in self.modules():

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from probelib import distributed
-from probelib._util import default_device, eval_mode, seed_everything
+from probelib._util import INFERENCE_BATCH_SIZE, default_device, eval_mode, seed_everything
 from probelib.models.checkpoint import (CheckpointMismatchError, arch_config, check_state_fits, plain,
                                         read_checkpoint, save_checkpoint)
 from probelib.data.core import labels_of
@@ -39,7 +39,7 @@ class TrainingDivergedError(RuntimeError):
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, data: Dataset, *, batch_size: int = 512,
+def evaluate_accuracy(model: nn.Module, data: Dataset, *, batch_size: int = INFERENCE_BATCH_SIZE,
                       device: str | torch.device | None = None, amp: bool = False,
                       channels_last: bool = False) -> float:
     """Clean accuracy of ``model`` on ``data`` (eval mode; the model's modes are restored)."""

@@ -10,6 +10,7 @@ and calls :func:`probelib.runner.run_suite`, :func:`probelib.sweep.run_sweep` or
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -65,6 +66,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
                            fresh=args.fresh, execution_timeout=args.timeout, keep_going=args.keep_going,
                            progress_every=args.progress_every,
                            jobs=default_jobs() if args.jobs == "auto" else args.jobs)
+    except KeyboardInterrupt:  # the runner killed its kernels; exit now, not when their threads have noticed
+        print("interrupted: the running notebooks were stopped; a re-run reuses what was already computed",
+              file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     except OSError as err:  # a full disk, a folder that became read-only: one line, no traceback
         if isinstance(err, FileNotFoundError) and err.filename is None:
             raise

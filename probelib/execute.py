@@ -9,6 +9,7 @@ and :func:`kernel_env` puts this probelib first on the kernel's path. While a no
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -87,6 +88,10 @@ def kill_running_kernels() -> int:
             killed += 1
         except (ProcessLookupError, PermissionError):
             pass
+    for km in list(_KERNELS):  # reap them, so that none is left a zombie when the runner exits at once
+        process = getattr(getattr(km, "provisioner", None), "process", None)
+        with contextlib.suppress(Exception):
+            process.wait(timeout=5)
     return killed
 
 

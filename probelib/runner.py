@@ -403,8 +403,10 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
     pending = [r.notebook.stem for r in results]
     running: dict[Any, str] = {}
     stopped = False
-    with tempfile.TemporaryDirectory(prefix="probelib-run-") as logs, \
-            ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="notebook") as pool:
+    # The pool is shut down by hand: on Ctrl-C the runner must not wait for the notebooks' threads
+    # (each ends once it sees its kernel gone); the logs folder may still be written by them then.
+    with tempfile.TemporaryDirectory(prefix="probelib-run-", ignore_cleanup_errors=True) as logs:
+        pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="notebook")
         try:
             while pending or running:
                 busy = set(running.values())
@@ -441,7 +443,9 @@ def run_suite(*, notebooks_dir: str | os.PathLike | None = None, dataset: str | 
                         stopped = True
         except BaseException:  # Ctrl-C (or a bug here): stop the running notebooks now, not when they end
             kill_running_kernels()
+            pool.shutdown(wait=False, cancel_futures=True)
             raise
+        pool.shutdown(wait=True)
 
     elapsed = time.time() - started
     run_info = {"started": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds"),

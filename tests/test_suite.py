@@ -381,7 +381,9 @@ def test_ctrl_c_stops_notebooks_running_side_by_side(tmp_path):
         nb.metadata["probelib"] = {"after": []}
         nbformat.write(nb, path)
     proc = subprocess.Popen([sys.executable, "-m", "probelib", "run", "--notebooks", str(folder), "--out",
-                             str(tmp_path / "res"), "--jobs", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             str(tmp_path / "res"), "--jobs", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            # a test run started in the background inherits SIGINT ignored: restore it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while len(list(pids.iterdir())) < 2 and time.time() < deadline:
